@@ -1,0 +1,53 @@
+"""Model export: Flax variables as an orbax checkpoint beside the model config (JSON).
+
+Layout of an exported model directory:
+  DIR/model_config.json   ModelConfig fields
+  DIR/variables/          orbax checkpoint of {"params": ..., "batch_stats": ...}
+Training checkpoints (optimiser state, data iterator) live elsewhere; see `train.py`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from promptiqa_jax.models.config import ModelConfig
+
+CONFIG_FILE = "model_config.json"
+VARIABLES_DIR = "variables"
+
+
+def save_model(directory: str | os.PathLike, variables: Any, config: ModelConfig) -> None:
+  """Writes `variables` and `config` under `directory` (created; must not hold a model yet)."""
+  directory = os.path.abspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  target = os.path.join(directory, VARIABLES_DIR)
+  if os.path.exists(target):
+    raise FileExistsError(f"{directory} already holds a model; choose an empty directory")
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(target, jax.tree_util.tree_map(np.asarray, variables))
+  with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+    json.dump(config.to_dict(), f, indent=2)
+
+
+def load_model(directory: str | os.PathLike) -> tuple[dict[str, Any], ModelConfig]:
+  """Reads an exported model directory -> (variables as numpy arrays, ModelConfig)."""
+  directory = os.path.abspath(directory)
+  config_path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(
+        f"{directory}: not a promptiqa_jax model directory (no {CONFIG_FILE}); create one with "
+        "`promptiqa-jax convert --torch best_model.pth.tar --out DIR` or by training")
+  with open(config_path) as f:
+    config = ModelConfig.from_mapping(json.load(f))
+  from promptiqa_jax.interop.convert import abstract_variables  # no torch import there
+
+  target = jax.tree_util.tree_map(
+      lambda leaf: np.zeros(leaf.shape, leaf.dtype), abstract_variables(config))
+  with ocp.StandardCheckpointer() as checkpointer:
+    variables = checkpointer.restore(os.path.join(directory, VARIABLES_DIR), target)
+  return jax.tree_util.tree_map(np.asarray, variables), config

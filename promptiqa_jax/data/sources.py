@@ -1,0 +1,197 @@
+"""Dataset names in configs -> TFDS records and their scores, resolved in one place.
+
+A config names a dataset in one of three ways:
+
+  "koniq10k"                 a real IQA dataset; the score is the record's `score` (normalised).
+  "synthetic_iqa:<name>"     one assessment requirement of a multi-requirement dataset; the score is
+                             `record["scores"][requirement_index(name)]`.
+  "synthetic_iqa:random"     (training only) per group, one requirement drawn at random by the
+                             dataset module's `random_requirement_scores(levels [G, T], rng) -> [G]`.
+
+Builders come from the project's registry (`promptiqa_jax.data.datasets`) or from
+`register_builder` (tests, user datasets). Records are read with the builder's `as_data_source`
+(ArrayRecord random access, no TensorFlow) and with the image left encoded, so that decoding runs in
+the input pipeline's worker processes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from promptiqa_jax.data import datasets as registry
+from promptiqa_jax.data import preprocess
+
+# The requirement suffix that draws a requirement per group (training only).
+RANDOM_REQUIREMENT = "random"
+
+_EXTRA_BUILDERS: dict[str, Any] = {}
+
+
+def register_builder(builder_cls: Any, name: Optional[str] = None) -> None:
+  """Makes a TFDS builder class resolvable by `name` (default: its TFDS name), beside the registry."""
+  _EXTRA_BUILDERS[name or builder_cls.name] = builder_cls
+
+
+def builder_class(name: str) -> Any:
+  """The builder class for a builder name; ValueError naming the known names otherwise."""
+  if name in _EXTRA_BUILDERS:
+    return _EXTRA_BUILDERS[name]
+  if name not in registry.DATASET_MODULES:
+    known = sorted(set(registry.DATASET_MODULES) | set(_EXTRA_BUILDERS))
+    raise ValueError(f"Unknown dataset {name!r}; known datasets: {', '.join(known)}")
+  return registry.builder_class(name)
+
+
+def parse_name(name: str) -> tuple[str, Optional[str]]:
+  """"koniq10k" -> ("koniq10k", None); "synthetic_iqa:sharpness" -> ("synthetic_iqa", "sharpness")."""
+  builder, sep, requirement = name.partition(":")
+  if not builder or (sep and not requirement):
+    raise ValueError(f"Malformed dataset name {name!r}: expected 'dataset' or 'dataset:requirement'")
+  return builder, requirement or None
+
+
+def _check_data_dir(data_dir: str) -> str:
+  if not data_dir:
+    raise ValueError("config.data.data_dir is empty: set it to the folder the TFDS datasets were "
+                     "built into (tfds build --data_dir=...)")
+  data_dir = os.path.expanduser(str(data_dir))
+  if not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"data_dir {data_dir!r} does not exist: set config.data.data_dir to the "
+                            "folder the TFDS datasets were built into (tfds build --data_dir=...)")
+  return data_dir
+
+
+def open_split(builder_name: str, split: str, data_dir: str) -> Sequence[dict[str, Any]]:
+  """Random-access records of a prepared dataset split, with `image` left as encoded bytes.
+
+  Raises ValueError (unknown dataset or split) or FileNotFoundError (missing data_dir, dataset not
+  built there), each naming the dataset and the folder.
+  """
+  import tensorflow_datasets as tfds  # Heavy; only needed once a dataset is opened.
+
+  data_dir = _check_data_dir(data_dir)
+  builder = builder_class(builder_name)(data_dir=data_dir)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"Dataset {builder_name!r} (version {builder.version}) is not built under {data_dir!r} "
+        f"(looked in {builder.data_dir!r}); build it first, e.g. `tfds build "
+        f"promptiqa_jax/data/datasets/{builder_name}.py --data_dir={data_dir} --file_format=array_record`")
+  splits = builder.info.splits
+  if split.split("[")[0] not in splits:
+    raise ValueError(f"Dataset {builder_name!r} has no split {split!r}; its splits: "
+                     f"{', '.join(sorted(splits))}")
+  return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def record_name(record: dict[str, Any]) -> str:
+  """The record's `name` feature as str (the data source returns Text features as bytes)."""
+  name = record.get("name", "?")
+  return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+
+
+@dataclasses.dataclass
+class ScoredSource:
+  """The records of one config dataset name on one split, and the way its scores are read.
+
+  Picklable (the data source reopens its files in a worker process), so it travels into grain workers.
+  """
+
+  name: str
+  split: str
+  records: Sequence[dict[str, Any]]
+  # Index into record["scores"] for a named requirement; None for a plain dataset or "random".
+  requirement_index: Optional[int] = None
+  # The dataset module's random_requirement_scores for "<dataset>:random"; None otherwise.
+  random_scores: Optional[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = None
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  @property
+  def is_random(self) -> bool:
+    return self.random_scores is not None
+
+  def read(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    """The records at `indices` (ints into the split), image bytes undecoded."""
+    indices = [int(i) for i in indices]
+    if hasattr(self.records, "__getitems__"):
+      return list(self.records.__getitems__(indices))
+    return [self.records[i] for i in indices]
+
+  def scores(self, records: Sequence[dict[str, Any]],
+             rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """Normalised scores `[len(records)]` float32 of records read together (a group).
+
+    For "<dataset>:random" the requirement is drawn with `rng`, once for all the records.
+    """
+    if self.is_random:
+      if rng is None:
+        raise ValueError(f"{self.name}: a random requirement needs an rng (training streams only)")
+      levels = np.stack([np.asarray(r["levels"]) for r in records])
+      return np.asarray(self.random_scores(levels, rng), dtype=np.float32)
+    if self.requirement_index is None:
+      return np.asarray([r["score"] for r in records], dtype=np.float32)
+    return np.asarray([np.asarray(r["scores"])[self.requirement_index] for r in records],
+                      dtype=np.float32)
+
+  def all_scores(self, chunk: int = 256) -> np.ndarray:
+    """The normalised scores `[N]` of the whole split, in record order (reads every record once)."""
+    if self.is_random:
+      raise ValueError(f"{self.name}: a random requirement has no fixed scores; name a requirement "
+                       f"(e.g. '{self.name.split(':')[0]}:<requirement>') for evaluation and prompts")
+    out = [self.scores(self.read(range(start, min(start + chunk, len(self)))))
+           for start in range(0, len(self), chunk)]
+    return np.concatenate(out) if out else np.zeros([0], np.float32)
+
+
+def _dataset_module(builder_cls: Any, name: str) -> Any:
+  module = sys.modules[builder_cls.__module__]
+  for attr in ("REQUIREMENTS", "requirement_index", "random_requirement_scores"):
+    if not hasattr(module, attr):
+      raise ValueError(f"{name!r}: dataset {builder_cls.name!r} has no assessment requirements "
+                       f"(its module {module.__name__} lacks {attr}); use the plain name")
+  return module
+
+
+def open_dataset(name: str, split: str, data_dir: str,
+                 records_cache: Optional[dict[tuple[str, str], Any]] = None) -> ScoredSource:
+  """Resolves a config dataset name on `split` under `data_dir` (see the module docstring).
+
+  `records_cache` shares one opened split between names of one dataset ("synthetic_iqa:a",
+  "synthetic_iqa:b"), so that it is opened, and pickled into workers, once.
+  """
+  builder_name, requirement = parse_name(name)
+  builder_cls = builder_class(builder_name)
+  requirement_index = random_scores = None
+  if requirement is not None:
+    module = _dataset_module(builder_cls, name)
+    if requirement == RANDOM_REQUIREMENT:
+      random_scores = module.random_requirement_scores
+    else:
+      known = [r.name for r in module.REQUIREMENTS]
+      if requirement not in known:
+        raise ValueError(f"Unknown requirement {requirement!r} in {name!r}; {builder_name} has: "
+                         f"{', '.join(known)} (or '{RANDOM_REQUIREMENT}' for training)")
+      requirement_index = int(module.requirement_index(requirement))
+  if records_cache is None:
+    records = open_split(builder_name, split, data_dir)
+  else:
+    if (builder_name, split) not in records_cache:
+      records_cache[builder_name, split] = open_split(builder_name, split, data_dir)
+    records = records_cache[builder_name, split]
+  return ScoredSource(name=name, split=split, records=records, requirement_index=requirement_index,
+                      random_scores=random_scores)
+
+
+def load_image(source: ScoredSource, record: dict[str, Any], index: int, size: int) -> np.ndarray:
+  """Decodes, resizes (OpenCV bicubic) and normalises one record's image -> float32 `[size, size, 3]`.
+
+  Raises preprocess.ImageError naming the record, its index, the dataset and the split.
+  """
+  where = f"record {record_name(record)!r} (index {index}) of dataset {source.name!r}, split {source.split!r}"
+  image = preprocess.decode_image(record["image"], source=where)
+  return preprocess.normalize(preprocess.resize_bicubic(image, size))

@@ -1,0 +1,176 @@
+"""The whole PromptIQA model and its entry points.
+
+Entry points (all `nn.Module` methods, used with `model.apply(variables, ..., method=...)`):
+  image_features(images [N, H, W, 3], train) -> [N, D]            f(x), D = prompt_width
+  prompt_vectors(features [..., D], scores [...]) -> [..., D]       p_i from (f(x_i), s_i)
+  fuse_prompt(vectors [..., P, D]) -> [..., P, D]                   prompt fusion, query-free
+  score_with_fused(features [..., D], fused [..., P, D], train) -> [...]
+  __call__(images [g, G, H, W, 3], scores [g, G], train) -> [g, G]  leave-one-out training form
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from promptiqa_jax.models.config import ModelConfig
+from promptiqa_jax.models.mal import MAL
+from promptiqa_jax.models.vit import Block, VisionTransformer, layer_norm
+
+
+class ReferenceBatchNorm(nn.Module):
+  """BatchNorm over all but the last axis, with PyTorch's running-statistics rule.
+
+  Train mode normalises with the batch mean and biased variance and updates
+  running = (1 - momentum) * running + momentum * batch, with the UNBIASED batch variance in the
+  running variance, as torch.nn.BatchNorm2d does (flax.linen.BatchNorm keeps the biased one).
+  """
+
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,))
+    bias = self.param("bias", nn.initializers.zeros, (features,))
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
+    running_var = self.variable("batch_stats", "var", jnp.ones, (features,))
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      x32 = x.astype(jnp.float32)
+      mean = jnp.mean(x32, axes)
+      var = jnp.mean(jnp.square(x32 - mean), axes)
+      count = np.prod([x.shape[a] for a in axes])
+      if not self.is_initializing():
+        unbiased = var * count / max(count - 1, 1)
+        running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
+        running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
+    else:
+      mean, var = running_mean.value, running_var.value
+    inv = jax.lax.rsqrt(var + self.epsilon) * scale
+    return ((x - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype))
+
+
+class CNNHead(nn.Module):
+  """Conv (no padding) -> BatchNorm -> ReLU -> AvgPool per stage, down to 1x1.
+
+  `maps: [N, grid, grid, C] -> [N, D]`; stages from `ModelConfig.cnn_head`.
+  """
+
+  stages: tuple[tuple[int, int, int], ...]
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for index, (features, kernel, pool) in enumerate(self.stages):
+      x = nn.Conv(features, (kernel, kernel), padding="VALID", dtype=self.dtype,
+                  name=f"conv_{index}")(x)
+      x = ReferenceBatchNorm(dtype=self.dtype, name=f"bn_{index}")(x, train)
+      x = nn.relu(x)
+      x = nn.avg_pool(x, (pool, pool), strides=(pool, pool), padding="VALID")
+    return x.reshape(x.shape[0], -1)
+
+
+class PromptIQA(nn.Module):
+  """PromptIQA (ECCV 2024), the reference architecture with every size from `config`."""
+
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    self.vit = VisionTransformer(cfg.patch_size, cfg.vit_width, cfg.vit_depth, cfg.vit_heads,
+                                 cfg.taps, cfg.mlp_ratio, dtype)
+    self.mals = [MAL(cfg.mal_qk_reduction, cfg.mal_dropout, dtype) for _ in range(cfg.num_mals)]
+    self.fusion_mal = MAL(cfg.mal_qk_reduction, cfg.mal_dropout, dtype)
+    self.block = Block(cfg.fusion_heads, qkv_bias=False, epsilon=1e-5, mlp_ratio=cfg.mlp_ratio,
+                       dtype=dtype)
+    self.cnn = CNNHead(cfg.cnn_head, dtype)
+
+    def prompt_block(qkv_bias: bool, epsilon: float) -> Block:
+      return Block(cfg.prompt_heads, qkv_bias, epsilon, cfg.mlp_ratio, dtype)
+
+    if cfg.score_embedding == "linear":
+      self.score_embed = nn.Dense(cfg.prompt_width, dtype=dtype)
+    self.i_p_fusion = [prompt_block(False, 1e-5) for _ in range(cfg.pair_depth)]
+    self.pair_mlp_in = nn.Dense(cfg.pair_mlp_hidden, dtype=dtype)
+    self.pair_mlp_out = nn.Dense(cfg.prompt_width, dtype=dtype)
+    self.prompt_fusion = [prompt_block(False, 1e-5) for _ in range(cfg.prompt_fusion_depth)]
+    self.blocks = [prompt_block(True, 1e-6) for _ in range(cfg.query_depth)]
+    self.norm = layer_norm(1e-5, dtype)
+    self.score_hidden = nn.Dense(cfg.score_hidden, dtype=dtype)
+    self.score_dropout = nn.Dropout(cfg.score_dropout)
+    self.score_out = nn.Dense(1, dtype=dtype)
+
+  def image_features(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """`images: [N, H, W, 3]` in [-1, 1] -> image features f(x) `[N, D]` (float32)."""
+    dtype = jnp.dtype(self.config.dtype)
+    taps = self.vit(images.astype(dtype))
+    maps = [mal(taps, train) for mal in self.mals]
+    fused = self.fusion_mal(maps, train)
+    fused = self.block(fused)
+    grid = self.config.grid
+    fused = fused.reshape(fused.shape[0], grid, grid, fused.shape[-1])
+    return self.cnn(fused, train).astype(jnp.float32)
+
+  def prompt_vectors(self, features: jax.Array, scores: jax.Array) -> jax.Array:
+    """Prompt vectors p from pairs: `features [..., D]`, `scores [...]` -> `[..., D]`."""
+    dtype = jnp.dtype(self.config.dtype)
+    features = features.astype(dtype)
+    scores = scores.astype(dtype)[..., None]
+    if self.config.score_embedding == "linear":
+      score_token = self.score_embed(scores)
+    else:
+      score_token = jnp.broadcast_to(scores, features.shape)
+    tokens = jnp.stack([features, score_token], axis=-2)
+    lead = tokens.shape[:-2]
+    tokens = tokens.reshape((-1,) + tokens.shape[-2:])
+    for block in self.i_p_fusion:
+      tokens = block(tokens)
+    pooled = jnp.mean(tokens, axis=1)
+    vectors = self.pair_mlp_out(nn.gelu(self.pair_mlp_in(pooled), approximate=False))
+    return vectors.reshape(lead + vectors.shape[-1:]).astype(jnp.float32)
+
+  def fuse_prompt(self, vectors: jax.Array) -> jax.Array:
+    """Prompt fusion, independent of the query: `[..., P, D] -> [..., P, D]`."""
+    lead = vectors.shape[:-2]
+    tokens = vectors.astype(jnp.dtype(self.config.dtype)).reshape((-1,) + vectors.shape[-2:])
+    for block in self.prompt_fusion:
+      tokens = block(tokens)
+    return tokens.reshape(lead + tokens.shape[-2:]).astype(jnp.float32)
+
+  def score_with_fused(self, features: jax.Array, fused: jax.Array,
+                       train: bool = False) -> jax.Array:
+    """Quality in [0, 1] of queries `features [..., D]` given fused prompts `[..., P, D]`.
+
+    `fused` broadcasts against the query's leading axes (one prompt for all queries, or one each).
+    """
+    dtype = jnp.dtype(self.config.dtype)
+    lead = features.shape[:-1]
+    fused = jnp.broadcast_to(fused, lead + fused.shape[-2:]).astype(dtype)
+    tokens = jnp.concatenate([features.astype(dtype)[..., None, :], fused], axis=-2)
+    tokens = tokens.reshape((-1,) + tokens.shape[-2:])
+    for block in self.blocks:
+      tokens = block(tokens)
+    query = self.norm(tokens[:, 0])
+    hidden = self.score_dropout(nn.relu(self.score_hidden(query)), deterministic=not train)
+    quality = jax.nn.sigmoid(self.score_out(hidden).astype(jnp.float32))
+    return quality.reshape(lead)
+
+  def __call__(self, images: jax.Array, scores: jax.Array, train: bool = False) -> jax.Array:
+    """Leave-one-out forward on groups: `images [g, G, H, W, 3]`, `scores [g, G]` -> `[g, G]`.
+
+    Every image is a query once; its prompt is the other G-1 pairs of its group in their order.
+    Features are computed once per image and feed both the query and the prompt pairs.
+    """
+    groups, group_size = scores.shape
+    features = self.image_features(images.reshape((-1,) + images.shape[2:]), train)
+    features = features.reshape(groups, group_size, -1)
+    vectors = self.prompt_vectors(features, scores)
+    # others[i] = [0..G-1] without i, in order: a static gather, no loop over queries.
+    others = np.array([[j for j in range(group_size) if j != i] for i in range(group_size)])
+    fused = self.fuse_prompt(vectors[:, others])
+    return self.score_with_fused(features, fused, train)

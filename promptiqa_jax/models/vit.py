@@ -1,0 +1,101 @@
+"""Transformer blocks (timm style, pre-norm) and the ViT backbone that returns its tapped blocks."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def layer_norm(epsilon: float, dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
+  # Two-pass variance, as PyTorch computes it: the fast E[x^2] - E[x]^2 form loses digits on the
+  # large residual streams of a deep ViT and breaks float32 parity with the reference.
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, use_fast_variance=False, name=name)
+
+
+class MultiHeadAttention(nn.Module):
+  """Fused-qkv multi-head self-attention. `x: [B, L, D] -> [B, L, D]`."""
+
+  num_heads: int
+  qkv_bias: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, length, dim = x.shape
+    head_dim = dim // self.num_heads
+    # The fused qkv output is laid out (q|k|v, head, head_dim), the reference's ordering.
+    qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
+    qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5)
+    return nn.Dense(dim, dtype=self.dtype, name="proj")(out.reshape(batch, length, dim))
+
+
+class Mlp(nn.Module):
+  """Linear -> exact (erf) GELU -> Linear. `x: [..., D] -> [..., D]`."""
+
+  hidden: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dim = x.shape[-1]
+    x = nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x)
+    x = nn.gelu(x, approximate=False)
+    return nn.Dense(dim, dtype=self.dtype, name="fc2")(x)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: `x + Attn(LN1(x))`, then `x + MLP(LN2(x))`. `[B, L, D]`."""
+
+  num_heads: int
+  qkv_bias: bool
+  epsilon: float
+  mlp_ratio: int = 4
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dim = x.shape[-1]
+    x = x + MultiHeadAttention(self.num_heads, self.qkv_bias, self.dtype, name="attn")(
+        layer_norm(self.epsilon, self.dtype, "norm1")(x))
+    return x + Mlp(self.mlp_ratio * dim, self.dtype, name="mlp")(
+        layer_norm(self.epsilon, self.dtype, "norm2")(x))
+
+
+class VisionTransformer(nn.Module):
+  """ViT backbone (timm names): patch embedding, class token, position embedding, blocks.
+
+  `images: [B, H, W, 3]` -> the residual-stream outputs of blocks `taps`, class token removed,
+  each `[B, (H/patch)*(W/patch), width]` with tokens in row-major grid order.
+  """
+
+  patch_size: int
+  width: int
+  depth: int
+  num_heads: int
+  taps: Sequence[int]
+  mlp_ratio: int = 4
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> list[jax.Array]:
+    x = nn.Conv(self.width, (self.patch_size, self.patch_size), strides=self.patch_size,
+                padding="VALID", dtype=self.dtype, name="patch_embed")(images)
+    batch, grid_h, grid_w, _ = x.shape
+    x = x.reshape(batch, grid_h * grid_w, self.width)
+    cls_token = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, self.width))
+    pos_embed = self.param("pos_embed", nn.initializers.normal(0.02),
+                           (1, grid_h * grid_w + 1, self.width))
+    x = jnp.concatenate([jnp.broadcast_to(cls_token, (batch, 1, self.width)).astype(x.dtype), x], 1)
+    x = x + pos_embed.astype(x.dtype)
+    tapped = {}
+    for index in range(self.depth):
+      x = Block(self.num_heads, qkv_bias=True, epsilon=1e-6, mlp_ratio=self.mlp_ratio,
+                dtype=self.dtype, name=f"blocks_{index}")(x)
+      tapped[index] = x[:, 1:]
+    return [tapped[t] for t in self.taps]

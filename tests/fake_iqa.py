@@ -1,0 +1,146 @@
+"""Tiny TFDS builders for the input-pipeline tests, built into a temporary folder.
+
+FakeIqaA, FakeIqaB: the real IQA datasets' schema (image, name, score, score_raw, unit) with 16x16
+PNGs; A's scores lie in [0.05, 0.40], B's in [0.60, 0.95], so a group's scores tell its dataset.
+FakeIqaSmall: 3 training records (fewer than a group). FakeIqaCorrupt: one undecodable image.
+FakeMulti: the synthetic benchmark's schema (levels, scores per requirement) with this module's
+REQUIREMENTS / requirement_index / random_requirement_scores, as synthetic_iqa provides them.
+
+The images encode their record: pixel [0, 0, 0] is the record's `unit` (its generation index), so a
+test can tell which record an output image came from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+SIZE = 16
+
+
+def _png(unit: int, rng: np.random.Generator) -> bytes:
+  image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+  image[0, 0, 0] = unit
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+class _FakeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  VERSION = tfds.core.Version("1.0.0")
+  SPLITS = {"train": 26, "test": 7, "validation": 5}
+  SCORE_RANGE = (0.05, 0.40)
+  CORRUPT = ()  # (split, index) of records whose image bytes are not an image
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(encoding_format="png"),
+        "name": tfds.features.Text(),
+        "score": tfds.features.Scalar(np.float32),
+        "score_raw": tfds.features.Scalar(np.float32),
+        "unit": tfds.features.Scalar(np.int64),
+    }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split, n) for split, n in self.SPLITS.items()}
+
+  def _generate_examples(self, split, n):
+    rng = np.random.default_rng(len(split) * 1000 + n)
+    low, high = self.SCORE_RANGE
+    for i in range(n):
+      score = low + (high - low) * i / max(n - 1, 1)
+      image = b"not an image" if (split, i) in self.CORRUPT else _png(i, rng)
+      yield f"{split}_{i}", {"image": image, "name": f"{self.name}_{split}_{i}.png",
+                             "score": score, "score_raw": 100 * score, "unit": i}
+
+
+class FakeIqaA(_FakeBuilder, skip_registration=True):
+  pass
+
+
+class FakeIqaB(_FakeBuilder, skip_registration=True):
+  SPLITS = {"train": 18, "test": 6}
+  SCORE_RANGE = (0.60, 0.95)
+
+
+class FakeIqaSmall(_FakeBuilder, skip_registration=True):
+  SPLITS = {"train": 3, "test": 2}
+
+
+class FakeIqaCorrupt(_FakeBuilder, skip_registration=True):
+  SPLITS = {"train": 8, "test": 2}
+  CORRUPT = (("train", 5),)
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirement:
+  name: str
+  lower_better: bool
+  heldout: bool
+
+
+REQUIREMENTS = (Requirement("sharp", False, False), Requirement("bright", False, False),
+                Requirement("combo", True, True))
+NUM_TYPES = 2
+
+
+def requirement_index(name: str) -> int:
+  return [r.name for r in REQUIREMENTS].index(name)
+
+
+def requirement_scores(levels: np.ndarray) -> np.ndarray:
+  """levels [..., T] in 0..5 -> normalised scores [..., R] in REQUIREMENTS order."""
+  levels = np.asarray(levels, np.float32) / 5.0
+  return np.stack([1 - levels[..., 0], 1 - levels[..., 1], levels.mean(-1)], axis=-1)
+
+
+def random_requirement_scores(levels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """One non-held-out requirement drawn for the whole group: levels [G, T] -> scores [G]."""
+  train = [i for i, r in enumerate(REQUIREMENTS) if not r.heldout]
+  return requirement_scores(levels)[:, train[rng.integers(len(train))]]
+
+
+class FakeMulti(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(encoding_format="png"),
+        "name": tfds.features.Text(),
+        "content_id": tfds.features.Scalar(np.int64),
+        "levels": tfds.features.Tensor(shape=(NUM_TYPES,), dtype=np.int32),
+        "scores": tfds.features.Tensor(shape=(len(REQUIREMENTS),), dtype=np.float32),
+        "scores_raw": tfds.features.Tensor(shape=(len(REQUIREMENTS),), dtype=np.float32),
+    }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples("train", 20), "test": self._generate_examples("test", 6)}
+
+  def _generate_examples(self, split, n):
+    rng = np.random.default_rng(n)
+    for i in range(n):
+      levels = rng.integers(0, 6, NUM_TYPES).astype(np.int32)
+      scores = requirement_scores(levels)
+      yield f"{split}_{i}", {"image": _png(i, rng), "name": f"multi_{split}_{i}.png",
+                             "content_id": i // 4, "levels": levels, "scores": scores,
+                             "scores_raw": 5 * scores}
+
+
+BUILDERS = (FakeIqaA, FakeIqaB, FakeIqaSmall, FakeIqaCorrupt, FakeMulti)
+
+
+def build_all(data_dir: str) -> None:
+  """Builds every fake dataset into `data_dir` (ArrayRecord, no TensorFlow needed)."""
+  for cls in BUILDERS:
+    cls(data_dir=data_dir).download_and_prepare(file_format="array_record")
+
+
+def register_all() -> None:
+  from promptiqa_jax.data import sources
+  for cls in BUILDERS:
+    sources.register_builder(cls)
