@@ -5,25 +5,24 @@ PNGs; A's scores lie in [0.05, 0.40], B's in [0.60, 0.95], so a group's scores t
 FakeIqaSmall: 3 training records (fewer than a group). FakeIqaCorrupt: one undecodable image.
 FakeMulti: the synthetic benchmark's schema (levels, scores per requirement) with this module's
 REQUIREMENTS / requirement_index / random_requirement_scores, as synthetic_iqa provides them.
-
-The images encode their record: pixel [0, 0, 0] is the record's `unit` (its generation index), so a
-test can tell which record an output image came from.
 """
 from __future__ import annotations
 
 import dataclasses
 import io
+from typing import Any
 
+import ml_collections
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
 SIZE = 16
 
 
-def _png(unit: int, rng: np.random.Generator) -> bytes:
+def _png(rng: np.random.Generator) -> bytes:
   image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-  image[0, 0, 0] = unit
   buf = io.BytesIO()
   Image.fromarray(image).save(buf, format="PNG")
   return buf.getvalue()
@@ -53,7 +52,7 @@ class _FakeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     low, high = self.SCORE_RANGE
     for i in range(n):
       score = low + (high - low) * i / max(n - 1, 1)
-      image = b"not an image" if (split, i) in self.CORRUPT else _png(i, rng)
+      image = b"not an image" if (split, i) in self.CORRUPT else _png(rng)
       yield f"{split}_{i}", {"image": image, "name": f"{self.name}_{split}_{i}.png",
                              "score": score, "score_raw": 100 * score, "unit": i}
 
@@ -126,7 +125,7 @@ class FakeMulti(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     for i in range(n):
       levels = rng.integers(0, 6, NUM_TYPES).astype(np.int32)
       scores = requirement_scores(levels)
-      yield f"{split}_{i}", {"image": _png(i, rng), "name": f"multi_{split}_{i}.png",
+      yield f"{split}_{i}", {"image": _png(rng), "name": f"multi_{split}_{i}.png",
                              "content_id": i // 4, "levels": levels, "scores": scores,
                              "scores_raw": 5 * scores}
 
@@ -144,3 +143,23 @@ def register_all() -> None:
   from promptiqa_jax.data import sources
   for cls in BUILDERS:
     sources.register_builder(cls)
+
+
+def data_config(data_dir: str, **overrides: Any) -> ml_collections.ConfigDict:
+  """A config.data section over the fake datasets: G = 4, 2 groups per batch, 12x12 inputs."""
+  config = ml_collections.ConfigDict(dict(
+      data_dir=data_dir, train=["fake_iqa_a", "fake_iqa_b"], train_split="train",
+      eval=["fake_iqa_a", "fake_iqa_b"], eval_split="test", weights=None, group_size=4,
+      groups_per_batch=2, image_size=12, scale_rate=0.5, flip_rate=0.1, hflip=True, seed=0,
+      num_workers=0, read_threads=1, prompt_size=5, prompt_sampling="interval", eval_batch_size=3))
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture(scope="session")
+def fake_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+  """A data_dir with every fake dataset built and their builders registered."""
+  path = str(tmp_path_factory.mktemp("tfds"))
+  build_all(path)
+  register_all()
+  return path

@@ -57,6 +57,21 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
   cv2.setNumThreads(1)
 
 
+def prefetched(ds: grain.MapDataset, num_workers: int, read_threads: int) -> grain.IterDataset:
+  """`ds` read by `read_threads` threads in each of `num_workers` processes (0: this process).
+
+  Elements are whole batches, and each worker computes whole elements, so the output is the same
+  for any number of workers.
+  """
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                            prefetch_buffer_size=read_threads))
+  if num_workers > 0:
+    _ensure_absl_flags_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                        worker_init_fn=_init_worker)
+  return ds
+
+
 def groups_per_dataset(sizes: Sequence[int], group_size: int,
                        weights: Optional[Sequence[float]] = None) -> list[int]:
   """Groups each dataset contributes to one epoch.
@@ -205,12 +220,7 @@ class TrainIterator(grain.DatasetIterator):
     stream = self._stream
     ds = stream._groups[self._next_group + stream.process_index::stream.process_count]
     ds = ds.batch(stream.local_groups_per_batch, drop_remainder=True)
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=stream._read_threads,
-                                              prefetch_buffer_size=stream._read_threads))
-    if stream._num_workers > 0:
-      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=stream._num_workers),
-                          worker_init_fn=_init_worker)
-    return iter(ds)
+    return iter(prefetched(ds, stream.num_workers, stream.read_threads))
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = next(self._iterator)
@@ -259,8 +269,8 @@ class TrainStream:
   process_count: int
   layout: str                          # fingerprint of the epoch layout, checked on restore
   _groups: grain.MapDataset = dataclasses.field(repr=False)
-  _num_workers: int = 0
-  _read_threads: int = 1
+  num_workers: int = 0
+  read_threads: int = 1
 
   @property
   def groups_per_epoch(self) -> int:
@@ -321,7 +331,7 @@ def train_stream(config: Any, process_index: int = 0, process_count: int = 1) ->
     raise ValueError(f"config.data.num_workers ({num_workers}) and read_threads ({read_threads}) "
                      "must be non-negative")
 
-  opened: dict[tuple[str, str], Any] = {}
+  opened: dict[tuple[Any, ...], Any] = {}
   scored = []
   for name in names:
     source = sources.open_dataset(name, config.train_split, config.data_dir,
@@ -344,11 +354,9 @@ def train_stream(config: Any, process_index: int = 0, process_count: int = 1) ->
   loader = _GroupLoader(scored, int(config.image_size), bool(config.hflip),
                         _check_rate("scale_rate", config.scale_rate),
                         _check_rate("flip_rate", config.flip_rate), seed)
-  if num_workers > 0:
-    _ensure_absl_flags_parsed()
   return TrainStream(
       datasets=tuple(names), dataset_sizes=tuple(sizes), dataset_groups=tuple(groups),
       group_size=group_size, groups_per_batch=groups_per_batch,
       local_groups_per_batch=groups_per_batch // process_count, steps_per_epoch=steps_per_epoch,
       image_size=int(config.image_size), process_index=process_index, process_count=process_count,
-      layout=layout, _groups=plan.map(loader), _num_workers=num_workers, _read_threads=read_threads)
+      layout=layout, _groups=plan.map(loader), num_workers=num_workers, read_threads=read_threads)

@@ -45,6 +45,8 @@ def decode_image(data: bytes, source: str = "<bytes>",
       return _to_rgb8(image)
   except ImageError:
     raise
+  except Image.UnidentifiedImageError as err:
+    raise ImageError(f"{source}: not an image in a format Pillow can read") from err
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
     raise ImageError(f"{source}: cannot decode image ({err})") from err
 

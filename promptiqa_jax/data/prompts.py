@@ -17,6 +17,7 @@ from typing import Any, Iterator, Optional, Sequence
 import grain
 import numpy as np
 
+from promptiqa_jax.data import pipeline
 from promptiqa_jax.data import sources
 
 METHODS = ("interval", "random")
@@ -128,8 +129,6 @@ def eval_batches(config: Any, dataset_name: str, split: Optional[str] = None,
                  process_count: int = 1, num_workers: Optional[int] = None) -> EvalBatches:
   """The test (default config.eval_split) records of one dataset in padded batches of
   `batch_size` (default config.eval_batch_size), without augmentation; see EvalBatches."""
-  from promptiqa_jax.data import pipeline  # for its worker setup; pipeline does not import prompts
-
   split = split or config.eval_split
   batch_size = int(batch_size or config.eval_batch_size)
   if batch_size <= 0:
@@ -141,13 +140,7 @@ def eval_batches(config: Any, dataset_name: str, split: Optional[str] = None,
   local_batches = -(-global_batches // process_count)
   ds = grain.MapDataset.range(process_index, local_batches * process_count, process_count)
   ds = ds.map(_EvalBatchLoader(source, batch_size, int(config.image_size)))
-  read_threads = int(config.get("read_threads", 1))
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                            prefetch_buffer_size=read_threads))
   num_workers = int(config.get("num_workers", 0) if num_workers is None else num_workers)
-  if num_workers > 0:
-    pipeline._ensure_absl_flags_parsed()  # pylint: disable=protected-access
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                        worker_init_fn=pipeline._init_worker)  # pylint: disable=protected-access
+  ds = pipeline.prefetched(ds, num_workers, int(config.get("read_threads", 1)))
   return EvalBatches(dataset=dataset_name, split=split, num_examples=len(source),
                      batch_size=batch_size, _ds=ds, _num_batches=local_batches)

@@ -8,10 +8,12 @@ A config names a dataset in one of three ways:
   "synthetic_iqa:random"     (training only) per group, one requirement drawn at random by the
                              dataset module's `random_requirement_scores(levels [G, T], rng) -> [G]`.
 
+A builder config other than the default goes after a slash: "synthetic_iqa/<config>:psnr".
 Builders come from the project's registry (`promptiqa_jax.data.datasets`) or from
-`register_builder` (tests, user datasets). Records are read with the builder's `as_data_source`
-(ArrayRecord random access, no TensorFlow) and with the image left encoded, so that decoding runs in
-the input pipeline's worker processes.
+`register_builder` (tests, user datasets); the class gives the version and the requirements, and the
+records are read from the built folder (`tfds.builder_from_directory(...).as_data_source`: ArrayRecord
+random access, no TensorFlow) with the image left encoded, so that decoding runs in the input
+pipeline's worker processes.
 """
 from __future__ import annotations
 
@@ -46,12 +48,18 @@ def builder_class(name: str) -> Any:
   return registry.builder_class(name)
 
 
-def parse_name(name: str) -> tuple[str, Optional[str]]:
-  """"koniq10k" -> ("koniq10k", None); "synthetic_iqa:sharpness" -> ("synthetic_iqa", "sharpness")."""
-  builder, sep, requirement = name.partition(":")
-  if not builder or (sep and not requirement):
-    raise ValueError(f"Malformed dataset name {name!r}: expected 'dataset' or 'dataset:requirement'")
-  return builder, requirement or None
+def parse_name(name: str) -> tuple[str, Optional[str], Optional[str]]:
+  """Splits "dataset[/builder_config][:requirement]" into its three parts (None where absent).
+
+  "koniq10k" -> ("koniq10k", None, None); "synthetic_iqa:psnr" -> ("synthetic_iqa", None, "psnr");
+  "synthetic_iqa/size32_crops6_per24_seed0:psnr" names a non-default build config.
+  """
+  dataset, sep, requirement = name.partition(":")
+  builder, slash, builder_config = dataset.partition("/")
+  if not builder or (sep and not requirement) or (slash and not builder_config):
+    raise ValueError(f"Malformed dataset name {name!r}: expected 'dataset', 'dataset:requirement' "
+                     "or 'dataset/config:requirement'")
+  return builder, builder_config or None, requirement or None
 
 
 def _check_data_dir(data_dir: str) -> str:
@@ -65,21 +73,38 @@ def _check_data_dir(data_dir: str) -> str:
   return data_dir
 
 
-def open_split(builder_name: str, split: str, data_dir: str) -> Sequence[dict[str, Any]]:
-  """Random-access records of a prepared dataset split, with `image` left as encoded bytes.
+def prepared_dir(builder_name: str, data_dir: str, builder_config: Optional[str] = None) -> str:
+  """The folder holding the built version of a dataset: data_dir/name[/config]/version.
 
-  Raises ValueError (unknown dataset or split) or FileNotFoundError (missing data_dir, dataset not
-  built there), each naming the dataset and the folder.
+  The version is the builder code's; FileNotFoundError naming the folder if it is not built there.
+  """
+  cls = builder_class(builder_name)
+  data_dir = _check_data_dir(data_dir)
+  if builder_config is None and getattr(cls, "BUILDER_CONFIGS", None):
+    builder_config = (getattr(cls, "DEFAULT_BUILDER_CONFIG_NAME", None)
+                      or cls.BUILDER_CONFIGS[0].name)
+  parts = [data_dir, builder_name] + ([builder_config] if builder_config else []) + [str(cls.VERSION)]
+  path = os.path.join(*parts)
+  if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+    raise FileNotFoundError(
+        f"Dataset {builder_name!r} (version {cls.VERSION}"
+        f"{', config ' + repr(builder_config) if builder_config else ''}) is not built under "
+        f"{data_dir!r} (no {path}/dataset_info.json); build it first with --data_dir={data_dir} and "
+        "the array_record file format")
+  return path
+
+
+def open_split(builder_name: str, split: str, data_dir: str,
+               builder_config: Optional[str] = None) -> Sequence[dict[str, Any]]:
+  """Random-access records of a built dataset split, with `image` left as encoded bytes.
+
+  Reads the prepared folder (`prepared_dir`) without running builder code. Raises ValueError
+  (unknown dataset or split) or FileNotFoundError (missing data_dir, dataset not built there), each
+  naming the dataset and the folder.
   """
   import tensorflow_datasets as tfds  # Heavy; only needed once a dataset is opened.
 
-  data_dir = _check_data_dir(data_dir)
-  builder = builder_class(builder_name)(data_dir=data_dir)
-  if not builder.is_prepared():
-    raise FileNotFoundError(
-        f"Dataset {builder_name!r} (version {builder.version}) is not built under {data_dir!r} "
-        f"(looked in {builder.data_dir!r}); build it first, e.g. `tfds build "
-        f"promptiqa_jax/data/datasets/{builder_name}.py --data_dir={data_dir} --file_format=array_record`")
+  builder = tfds.builder_from_directory(prepared_dir(builder_name, data_dir, builder_config))
   splits = builder.info.splits
   if split.split("[")[0] not in splits:
     raise ValueError(f"Dataset {builder_name!r} has no split {split!r}; its splits: "
@@ -158,13 +183,13 @@ def _dataset_module(builder_cls: Any, name: str) -> Any:
 
 
 def open_dataset(name: str, split: str, data_dir: str,
-                 records_cache: Optional[dict[tuple[str, str], Any]] = None) -> ScoredSource:
+                 records_cache: Optional[dict[tuple[Any, ...], Any]] = None) -> ScoredSource:
   """Resolves a config dataset name on `split` under `data_dir` (see the module docstring).
 
   `records_cache` shares one opened split between names of one dataset ("synthetic_iqa:a",
   "synthetic_iqa:b"), so that it is opened, and pickled into workers, once.
   """
-  builder_name, requirement = parse_name(name)
+  builder_name, builder_config, requirement = parse_name(name)
   builder_cls = builder_class(builder_name)
   requirement_index = random_scores = None
   if requirement is not None:
@@ -177,12 +202,13 @@ def open_dataset(name: str, split: str, data_dir: str,
         raise ValueError(f"Unknown requirement {requirement!r} in {name!r}; {builder_name} has: "
                          f"{', '.join(known)} (or '{RANDOM_REQUIREMENT}' for training)")
       requirement_index = int(module.requirement_index(requirement))
+  key = (builder_name, builder_config, split)
   if records_cache is None:
-    records = open_split(builder_name, split, data_dir)
+    records = open_split(builder_name, split, data_dir, builder_config)
   else:
-    if (builder_name, split) not in records_cache:
-      records_cache[builder_name, split] = open_split(builder_name, split, data_dir)
-    records = records_cache[builder_name, split]
+    if key not in records_cache:
+      records_cache[key] = open_split(builder_name, split, data_dir, builder_config)
+    records = records_cache[key]
   return ScoredSource(name=name, split=split, records=records, requirement_index=requirement_index,
                       random_scores=random_scores)
 

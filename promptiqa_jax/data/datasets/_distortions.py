@@ -47,9 +47,9 @@ _PARAMS = {
     "jpeg": _Param(60.0, 6.0, geometric=True),         # JPEG quality
     "contrast": _Param(0.75, 0.15, geometric=False),   # contrast kept around the mean luma
     "desaturate": _Param(0.8, 0.1, geometric=False),   # chroma kept
-    "darken": _Param(1.3, 3.5, geometric=True),        # exposure divided by
-    "brighten": _Param(1.25, 2.8, geometric=True),     # exposure multiplied by (highlights clip)
-    "pixelate": _Param(1.5, 5.0, geometric=True),      # block side, pixels at 64 px
+    "darken": _Param(1.25, 3.0, geometric=True),        # exposure divided by
+    "brighten": _Param(1.2, 2.5, geometric=True),     # exposure multiplied by (highlights clip)
+    "pixelate": _Param(2.0, 6.0, geometric=True),      # block side, pixels at 64 px
 }
 # Camera-pipeline order: optics, exposure, sensor noise, tone and colour processing, resampling,
 # compression. Applying in a fixed order keeps a record reproducible from its severities alone.

@@ -38,6 +38,7 @@ import abc
 import concurrent.futures
 import csv
 import dataclasses
+import inspect
 import logging
 import math
 import os
@@ -192,6 +193,13 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """`skip_bad_images`: leave out (with a warning) images that are absent or undecodable."""
     self._skip_bad_images = skip_bad_images
     super().__init__(file_format=file_format, **kwargs)
+
+  # TFDS 4.9.10 finds a packaged builder's file through `importlib_resources`, which it does not
+  # install (so every build failed); the class's own file is the same answer.
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    return epath.Path(inspect.getfile(cls))
 
   @staticmethod
   @abc.abstractmethod
@@ -411,7 +419,7 @@ def parse_score(value: Any, source: str, title: str) -> float:
 def read_csv(root: epath.Path, relpath: str, columns: Sequence[str], title: str) -> List[Dict[str, str]]:
   """Rows of a CSV with a header row, as dicts; LayoutError naming any missing column."""
   path = require_file(root, relpath, title)
-  with path.open("r", newline="", encoding="utf-8-sig") as f:
+  with open(os.fspath(path), "r", newline="", encoding="utf-8-sig") as f:
     reader = csv.DictReader(f)
     header = reader.fieldnames or []
     missing = [c for c in columns if c not in header]
@@ -449,7 +457,7 @@ def read_text_rows(root: epath.Path, relpath: str, num_fields: int, title: str) 
   """(line number, whitespace-separated fields) of a text file's non-blank lines."""
   path = require_file(root, relpath, title)
   rows = []
-  with path.open("r") as f:
+  with open(os.fspath(path), "r") as f:
     for number, line in enumerate(f, start=1):
       fields = line.split()
       if not fields:

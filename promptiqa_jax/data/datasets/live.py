@@ -11,8 +11,9 @@ Score: (DMOS - 1) / 100, lower is better (no flipping, as the reference). Split 
 image, numbered by the sorted reference names (0 = bikes.bmp, ...); the reference numbers an
 `os.listdir` of refimgs/, whose order depends on the file system.
 Guessed: the score variable. The reference reads `dmos`; the file as distributed may hold the
-realigned scores as `dmos_new` only: `dmos` is read where present, else `dmos_new`. Realigned DMOS
-stray a little outside the nominal 0-100, so scores in [-20, 120] are accepted.
+realigned scores as `dmos_new` only: `dmos` is read where present, else `dmos_new`. The nominal range
+is the reference's [1, 100], but realigned DMOS stray outside it, so scores in [-20, 120] are
+accepted (normalised scores can then leave [0, 1] slightly, as in the reference).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ FACTS = iqa_base.DatasetFacts(
     title="LIVE IQA release 2",
     score_type="DMOS",
     lower_better=True,
-    raw_range=(0.0, 100.0),
+    raw_range=(1.0, 100.0),
     norm_offset=1.0,
     norm_scale=100.0,
     num_images=779,

@@ -1,0 +1,144 @@
+"""The `promptiqa-jax` console script: score, convert, prepare, datasets.
+
+Each subcommand parses its arguments and calls an importable function; the logic lives there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+EXIT_INPUT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _score(args: argparse.Namespace) -> int:
+  import numpy as np
+  from tqdm import tqdm
+
+  from promptiqa_jax import score_io
+  from promptiqa_jax.data import preprocess
+  from promptiqa_jax.inference import PromptIQA
+
+  # Everything about the prompt is checked before the model is loaded or anything computed.
+  try:
+    prompt_paths, prompt_scores = score_io.read_prompt_file(args.prompt)
+    prompt_images = [preprocess.load_image(p, args.max_pixels) for p in prompt_paths]
+  except (score_io.PromptFileError, preprocess.ImageError) as err:
+    print(f"error: prompt: {err}", file=sys.stderr)
+    return EXIT_USAGE
+  paths = score_io.find_images(args.inputs)
+  if not paths:
+    print(f"error: no images found in {', '.join(args.inputs)}", file=sys.stderr)
+    return EXIT_USAGE
+
+  model = PromptIQA.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+  size = model.config.image_size
+  prompt = model.encode_prompt(np.stack([preprocess.preprocess(i, size) for i in prompt_images]),
+                               prompt_scores)
+  rows: list[score_io.ScoreRow] = []
+  with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=args.quiet) as progress:
+    for start in range(0, len(paths), args.batch_size):
+      chunk = paths[start:start + args.batch_size]
+      inputs, slots = [], []
+      for path in chunk:
+        try:
+          inputs.append(preprocess.preprocess(preprocess.load_image(path, args.max_pixels), size))
+          slots.append(len(rows))
+          rows.append(score_io.ScoreRow(path))
+        except preprocess.ImageError as err:
+          rows.append(score_io.ScoreRow(path, error=str(err)))
+      if inputs:
+        for slot, value in zip(slots, model.score(np.stack(inputs), prompt)):
+          rows[slot] = score_io.ScoreRow(rows[slot].path, score=float(value))
+      progress.update(len(chunk))
+  score_io.write_rows(rows, args.output, sys.stdout)
+  failed = [row for row in rows if row.error]
+  for row in failed:
+    print(f"error: {row.error}", file=sys.stderr)
+  if failed:
+    print(f"{len(failed)} of {len(rows)} inputs failed; the others were scored", file=sys.stderr)
+  return EXIT_INPUT_FAILED if failed else 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+  from promptiqa_jax.inference import PromptIQA
+  from promptiqa_jax.models.config import ModelConfig
+
+  config = None
+  if args.model_config:
+    with open(args.model_config) as f:
+      config = ModelConfig.from_mapping(json.load(f))
+  PromptIQA.from_torch(args.torch, config).save(args.out)
+  print(f"wrote {args.out}")
+  return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+  from promptiqa_jax.data import catalog
+
+  options = {}
+  if args.image_size is not None:
+    options["image_size"] = args.image_size
+  catalog.prepare(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir, **options)
+  print(f"prepared {args.name} in {args.data_dir}")
+  return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+  from promptiqa_jax.data import catalog
+
+  rows = catalog.list_datasets(args.data_dir)
+  columns = ["name", "score_type", "lower_better", "raw_range", "images", "prepared"]
+  print(" | ".join(columns))
+  for row in rows:
+    print(" | ".join(str(row.get(c, "")) for c in columns))
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="promptiqa-jax", description=__doc__)
+  commands = parser.add_subparsers(dest="command", required=True)
+
+  score = commands.add_parser("score", help="score images with a prompt of image-score pairs")
+  score.add_argument("--checkpoint", required=True, help="model directory (convert or training)")
+  score.add_argument("--prompt", required=True, help="JSON [[path, score], ...] or CSV path,score")
+  score.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+  score.add_argument("--output", help="results file, .csv or .json (default: CSV on stdout)")
+  score.add_argument("--batch-size", type=int, default=16)
+  score.add_argument("--max-pixels", type=int, default=16384 * 16384,
+                     help="refuse larger images (decompression bombs)")
+  score.add_argument("--quiet", action="store_true", help="no progress bar")
+  score.set_defaults(run=_score)
+
+  convert = commands.add_parser("convert", help="release checkpoint (.pth.tar) -> model directory")
+  convert.add_argument("--torch", required=True, help="the release's best_model.pth.tar")
+  convert.add_argument("--out", required=True, help="output model directory (new)")
+  convert.add_argument("--model-config", help="JSON of ModelConfig fields (default: the paper's)")
+  convert.set_defaults(run=_convert)
+
+  prepare = commands.add_parser("prepare", help="build a dataset's TFDS files")
+  prepare.add_argument("name")
+  prepare.add_argument("--data-dir", required=True)
+  prepare.add_argument("--manual-dir", help="the dataset as downloaded (real datasets)")
+  prepare.add_argument("--image-size", type=int, help="stored image size (synthetic_iqa)")
+  prepare.set_defaults(run=_prepare)
+
+  datasets = commands.add_parser("datasets", help="list datasets and whether they are prepared")
+  datasets.add_argument("--data-dir", default=None)
+  datasets.set_defaults(run=_datasets)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    return args.run(args)
+  except (FileNotFoundError, ValueError) as err:
+    print(f"error: {err}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,91 @@
+"""The datasets as the CLI sees them: build one (`prepare`) and list them all (`list_datasets`).
+
+Builds go to `data_dir` in TFDS's layout, `<data_dir>/<name>/<config>/<version>/`, as array_record
+files; read them back with `tfds.data_source(f"{name}/{config}", data_dir=data_dir, split=...)` or
+`builder.as_data_source(split)` (no TensorFlow needed).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Dict, List, Optional, Union
+
+import tensorflow_datasets as tfds
+
+from promptiqa_jax.data import datasets
+from promptiqa_jax.data.datasets import iqa_base
+
+SYNTHETIC = "synthetic_iqa"
+
+
+def prepare(name: str, data_dir: Union[str, os.PathLike], manual_dir: Optional[Union[str, os.PathLike]],
+            config: Union[str, int] = "224", skip_bad_images: bool = False, **options: Any):
+  """Builds dataset `name` into `data_dir` (a no-op if already built) and returns its builder.
+
+  Args:
+    name: a key of `datasets.DATASET_MODULES`.
+    data_dir: where TFDS datasets live.
+    manual_dir: the dataset's root folder as downloaded (the layout in the dataset's module); None
+      for `<data_dir>/downloads/manual`. Unused by synthetic_iqa, which generates its images.
+    config: "224" (images resized to the model input), "full", or a square size such as 32.
+    skip_bad_images: leave out, with a warning, images that are absent or undecodable instead of
+      failing.
+    **options: passed to synthetic_iqa's own `prepare`; no other dataset takes any.
+
+  Raises:
+    iqa_base.LayoutError (a ValueError) naming the missing file, bad images or bad score.
+  """
+  if name == SYNTHETIC:
+    return importlib.import_module(datasets.DATASET_MODULES[SYNTHETIC]).prepare(
+        data_dir, manual_dir, **options)
+  if options:
+    raise TypeError(f"{name} takes no options {sorted(options)}; only {SYNTHETIC} does")
+  builder_config = config if config in ("224", iqa_base.FULL) else iqa_base.make_config(config)
+  builder = datasets.builder_class(name)(data_dir=os.fspath(data_dir), config=builder_config,
+                                         skip_bad_images=skip_bad_images)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=os.fspath(manual_dir) if manual_dir is not None else None,
+      # TFDS's statistics need TensorFlow, which the default install lacks.
+      compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  return builder
+
+
+def list_datasets(data_dir: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
+  """One dict per dataset key: what it is, and which configs are built in `data_dir`.
+
+  Keys: name, title, score_type ("MOS"/"DMOS"), lower_better, raw_range (lo, hi), norm, images
+  (as distributed), split_unit, download_url, license, prepared (bool), prepared_configs (names;
+  "default" for a builder without configs). Fields a builder does not declare (a `FACTS`
+  `iqa_base.DatasetFacts` attribute) are None.
+  """
+  rows = []
+  for name in datasets.DATASET_MODULES:
+    cls = datasets.builder_class(name)
+    facts = getattr(cls, "FACTS", None)
+    built = _prepared_configs(os.fspath(data_dir), name, str(cls.VERSION))
+    rows.append({
+        "name": name,
+        "title": facts.title if facts else None,
+        "score_type": facts.score_type if facts else None,
+        "lower_better": facts.lower_better if facts else None,
+        "raw_range": facts.raw_range if facts else None,
+        "norm": facts.norm if facts else None,
+        "images": facts.num_images if facts else None,
+        "split_unit": facts.split_unit if facts else None,
+        "download_url": facts.download_url if facts else None,
+        "license": facts.license if facts else None,
+        "prepared": bool(built),
+        "prepared_configs": built,
+    })
+  return rows
+
+
+def _prepared_configs(data_dir: str, name: str, version: str) -> List[str]:
+  """Configs of `name` with a finished build (a dataset_info.json) of `version` in data_dir."""
+  folder = os.path.join(data_dir, name)
+  if os.path.isfile(os.path.join(folder, version, "dataset_info.json")):
+    return ["default"]
+  if not os.path.isdir(folder):
+    return []
+  return sorted(config for config in os.listdir(folder)
+                if os.path.isfile(os.path.join(folder, config, version, "dataset_info.json")))
