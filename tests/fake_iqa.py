@@ -118,7 +118,8 @@ class FakeMulti(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {"train": self._generate_examples("train", 20), "test": self._generate_examples("test", 6)}
+    return {"train": self._generate_examples("train", 20),
+            "test": self._generate_examples("test", 6)}
 
   def _generate_examples(self, split, n):
     rng = np.random.default_rng(n)

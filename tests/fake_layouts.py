@@ -75,8 +75,9 @@ def _write_image(path: str, rng: np.random.Generator, shape: Tuple[int, int]) ->
   """A smooth random colour image (so that JPEG keeps it recognisable) plus a little noise."""
   height, width = shape
   coarse = rng.uniform(0, 255, (4, 4, 3)).astype(np.float32)
-  smooth = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((width, height), Image.BILINEAR),
-                      dtype=np.float32)
+  smooth = np.asarray(
+      Image.fromarray(coarse.astype(np.uint8)).resize((width, height), Image.BILINEAR),
+      dtype=np.float32)
   image = np.clip(smooth + rng.normal(0, 8, smooth.shape), 0, 255).astype(np.uint8)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(image).save(path)
@@ -164,7 +165,8 @@ def _live(root, rng, scores, n_refs):
     records.append({"name": names[position], "score_raw": score,
                     "unit": sorted(refs_used).index(refs_used[k % n_refs])})
   scipy.io.savemat(os.path.join(root, "dmos_realigned.mat"),
-                   {"dmos": dmos[None, :], "orgs": orgs[None, :], "dmos_std": np.ones((1, len(names)))})
+                   {"dmos": dmos[None, :], "orgs": orgs[None, :],
+                    "dmos_std": np.ones((1, len(names)))})
   scipy.io.savemat(os.path.join(root, "refnames_all.mat"),
                    {"refnames_all": _cells(refnames, (1, len(names)))})
   return records
@@ -221,8 +223,10 @@ def _bid(root, rng, scores, n_refs):
 def _gfiqa20k(root, rng, scores, n_refs):
   del rng, n_refs
   names = [f"{i:05d}.png" for i in range(len(scores))]
-  _write_csv(os.path.join(root, "mos.csv"), ["img_name", "mos"], [[n, s] for n, s in zip(names, scores)])
-  return [{"name": f"image/{n}", "score_raw": s, "unit": i} for i, (n, s) in enumerate(zip(names, scores))]
+  _write_csv(os.path.join(root, "mos.csv"), ["img_name", "mos"],
+             [[n, s] for n, s in zip(names, scores)])
+  return [{"name": f"image/{n}", "score_raw": s, "unit": i}
+          for i, (n, s) in enumerate(zip(names, scores))]
 
 
 def _agiqa3k(root, rng, scores, n_refs):
@@ -232,8 +236,10 @@ def _agiqa3k(root, rng, scores, n_refs):
   _write_csv(os.path.join(root, "data.csv"),
              ["name", "prompt", "adj1", "adj2", "style", "mos_quality", "std_quality", "mos_align",
               "std_align"],
-             [[n, "a cat, on a mat", "", "", "", s, 0.5, a, 0.5] for n, s, a in zip(names, scores, align)])
-  return [{"name": f"img/{n}", "score_raw": s, "unit": i} for i, (n, s) in enumerate(zip(names, scores))]
+             [[n, "a cat, on a mat", "", "", "", s, 0.5, a, 0.5]
+              for n, s, a in zip(names, scores, align)])
+  return [{"name": f"img/{n}", "score_raw": s, "unit": i}
+          for i, (n, s) in enumerate(zip(names, scores))]
 
 
 def _aigciqa2023(root, rng, scores, n_refs):

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 from etils import epath
 
-from fake_iqa import data_config, fake_data_dir  # pylint: disable=unused-import
+import fake_iqa
+from fake_iqa import data_config
 from promptiqa_jax.data import pipeline, preprocess, sources
+
+fake_data_dir = fake_iqa.fake_data_dir  # the session-wide fake build
 
 
 def _take(iterator, n):
@@ -146,7 +149,6 @@ def test_weights_set_groups_per_epoch(fake_data_dir):
 
 
 def test_requirement_names(fake_data_dir):
-  import fake_iqa
   config = data_config(fake_data_dir, train=["fake_multi:bright", "fake_multi:random"],
                        group_size=5, groups_per_batch=4)
   stream = pipeline.train_stream(config)
@@ -183,7 +185,8 @@ def test_too_few_records_for_a_group(fake_data_dir):
 
 def test_decode_error_names_record_and_dataset(fake_data_dir):
   config = data_config(fake_data_dir, train=["fake_iqa_corrupt"], group_size=8, groups_per_batch=1)
-  with pytest.raises(preprocess.ImageError, match="fake_iqa_corrupt_train_5.png.*'fake_iqa_corrupt'"):
+  with pytest.raises(preprocess.ImageError,
+                     match="fake_iqa_corrupt_train_5.png.*'fake_iqa_corrupt'"):
     next(iter(pipeline.train_stream(config)))
 
 
@@ -196,3 +199,50 @@ def test_worker_processes_give_the_same_stream(fake_data_dir):
     assert iterator.get_state()["next_group"] == 8
   finally:
     iterator.close()
+
+
+@pytest.fixture(scope="module")
+def synthetic_build(tmp_path_factory):
+  """A tiny synthetic_iqa build (6 contents: 4 train, 1 validation, 1 test; 5 records each)."""
+  from promptiqa_jax.data.datasets import synthetic_iqa
+  data_dir = str(tmp_path_factory.mktemp("synthetic"))
+  builder = synthetic_iqa.prepare(
+      data_dir, image_size=16, crops_per_content=1, distorted_per_crop=5,
+      contents=["astronaut", "camera", "chelsea", "coffee", "coins", "brick"])
+  return data_dir, f"synthetic_iqa/{builder.builder_config.name}"
+
+
+def test_synthetic_iqa_with_the_recipe_config(synthetic_build):
+  import importlib.util
+  import os
+  from promptiqa_jax.data import prompts
+  from promptiqa_jax.data.datasets import synthetic_iqa
+
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py")
+  spec = importlib.util.spec_from_file_location("synthetic_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("smoke").data
+  assert config.train[-1] == "synthetic_iqa:random"
+  assert len(config.eval) == len(synthetic_iqa.REQUIREMENTS)
+
+  data_dir, name = synthetic_build
+  # The recipe's names, pointed at the tiny build's config.
+  config.data_dir = data_dir
+  config.train = [n.replace("synthetic_iqa", name) for n in config.train]
+  config.eval = [n.replace("synthetic_iqa", name) for n in config.eval]
+  stream = pipeline.train_stream(config)
+  assert stream.dataset_sizes == (20,) * len(config.train)
+  source = sources.open_dataset(config.train[0], "train", data_dir)
+  column = synthetic_iqa.requirement_index(config.train[0].split(":")[1])
+  for batch in _take(iter(stream), 4):
+    assert batch["image"].shape == (2, 5, 32, 32, 3)
+    assert np.all((batch["score"] >= 0) & (batch["score"] <= 1))
+    for d, idx, clean in zip(batch["dataset"], batch["index"], batch["score_clean"]):
+      if d == 0:
+        np.testing.assert_array_equal(clean, [r["scores"][column] for r in source.read(idx)])
+
+  images, scores = prompts.load_prompt(config, config.eval[3])
+  assert images.shape == (4, 32, 32, 3) and np.all(np.diff(scores) >= 0)
+  batches = list(prompts.eval_batches(config, config.eval[3], "test"))
+  assert sum(int(b["mask"].sum()) for b in batches) == 5

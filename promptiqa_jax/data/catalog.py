@@ -13,40 +13,39 @@ from typing import Any, Dict, List, Optional, Union
 import tensorflow_datasets as tfds
 
 from promptiqa_jax.data import datasets
-from promptiqa_jax.data.datasets import iqa_base
 
 SYNTHETIC = "synthetic_iqa"
 
 
-def prepare(name: str, data_dir: Union[str, os.PathLike], manual_dir: Optional[Union[str, os.PathLike]],
-            config: Union[str, int] = "224", skip_bad_images: bool = False, **options: Any):
+def prepare(name: str, data_dir: Union[str, os.PathLike],
+            manual_dir: Optional[Union[str, os.PathLike]], config: Union[str, int] = "224",
+            skip_bad_images: bool = False, **options: Any):
   """Builds dataset `name` into `data_dir` (a no-op if already built) and returns its builder.
 
   Args:
     name: a key of `datasets.DATASET_MODULES`.
     data_dir: where TFDS datasets live.
     manual_dir: the dataset's root folder as downloaded (the layout in the dataset's module); None
-      for `<data_dir>/downloads/manual`. Unused by synthetic_iqa, which generates its images.
+      for `<data_dir>/downloads/manual`. For synthetic_iqa, an optional folder of the user's own
+      pristine images.
     config: "224" (images resized to the model input), "full", or a square size such as 32.
     skip_bad_images: leave out, with a warning, images that are absent or undecodable instead of
       failing.
     **options: passed to synthetic_iqa's own `prepare`; no other dataset takes any.
 
   Raises:
-    iqa_base.LayoutError (a ValueError) naming the missing file, bad images or bad score.
+    iqa_base.LayoutError (a ValueError; iqa_base is in promptiqa_jax.data.datasets) naming the
+    missing file, the bad images or the bad score.
   """
   if name == SYNTHETIC:
     return importlib.import_module(datasets.DATASET_MODULES[SYNTHETIC]).prepare(
         data_dir, manual_dir, **options)
   if options:
     raise TypeError(f"{name} takes no options {sorted(options)}; only {SYNTHETIC} does")
-  builder_config = config if config in ("224", iqa_base.FULL) else iqa_base.make_config(config)
-  builder = datasets.builder_class(name)(data_dir=os.fspath(data_dir), config=builder_config,
+  builder = datasets.builder_class(name)(data_dir=os.fspath(data_dir), config=config,
                                          skip_bad_images=skip_bad_images)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=os.fspath(manual_dir) if manual_dir is not None else None,
-      # TFDS's statistics need TensorFlow, which the default install lacks.
-      compute_stats=tfds.download.ComputeStatsMode.SKIP))
+      manual_dir=os.fspath(manual_dir) if manual_dir is not None else None))
   return builder
 
 

@@ -77,8 +77,8 @@ def groups_per_dataset(sizes: Sequence[int], group_size: int,
   """Groups each dataset contributes to one epoch.
 
   Without weights, all of its full groups (size // group_size). With weights, the epoch keeps the
-  same total and dataset d gets round(total * w_d / sum(w)) groups, at least one: fewer than its full
-  groups subsamples it, more repeats it through further reshuffles of its records.
+  same total and dataset d gets round(total * w_d / sum(w)) groups, at least one: fewer than its
+  full groups subsamples it, more repeats it through further reshuffles of its records.
   """
   full = [size // group_size for size in sizes]
   if weights is None:
@@ -122,7 +122,7 @@ class _GroupPlan(grain.MapDataset):
     return f"_GroupPlan(sizes={self._sizes}, group_size={self._group_size}, groups={self._groups})"
 
   def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(dataset ids [E] int32, record indices [E, G] int64) of one epoch's groups, in stream order."""
+    """(dataset ids [E] int32, record indices [E, G] int64) of an epoch's groups in stream order."""
     with self._lock:
       if epoch not in self._epochs:
         # Consecutive reads touch one or two epochs; keep those only.
@@ -177,8 +177,9 @@ class _GroupLoader:
     if bad.size:
       i = int(bad[0])
       raise ValueError(f"Dataset {source.name!r}: record {sources.record_name(records[i])!r} "
-                       f"(index {int(indices[i])}) has score {float(clean[i])} outside [0, 1]; score "
-                       "augmentation needs normalised scores (check the builder's normalisation)")
+                       f"(index {int(indices[i])}) has score {float(clean[i])} outside [0, 1]; "
+                       "score augmentation needs normalised scores (check the builder's "
+                       "normalisation)")
 
     size = self.image_size
     images = np.empty([len(records), size, size, 3], np.float32)
@@ -204,9 +205,9 @@ class _GroupLoader:
 class TrainIterator(grain.DatasetIterator):
   """The training stream's iterator on one process; checkpointable with get_state/set_state.
 
-  State: {"next_group": global groups consumed, "layout": fingerprint of the epoch layout}. It is the
-  same on every process at a given step and does not depend on num_workers or process_count, so a
-  run may resume with other values of either. Save it with orbax through grain's handler
+  State: {"next_group": global groups consumed, "layout": fingerprint of the epoch layout}. It is
+  the same on every process at a given step and does not depend on num_workers or process_count,
+  so a run may resume with other values of either. Save it with orbax through grain's handler
   (`grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`), or as JSON.
   """
 
@@ -221,6 +222,10 @@ class TrainIterator(grain.DatasetIterator):
     ds = stream._groups[self._next_group + stream.process_index::stream.process_count]
     ds = ds.batch(stream.local_groups_per_batch, drop_remainder=True)
     return iter(prefetched(ds, stream.num_workers, stream.read_threads))
+
+  def start_prefetch(self) -> None:
+    """Starts the workers now (grain's checkpoint handler calls this after a restore)."""
+    self._iterator.start_prefetch()
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = next(self._iterator)
@@ -281,10 +286,10 @@ class TrainStream:
   def element_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """(shape, dtype) of each batch entry on this process, without reading data."""
     g, n, s = self.local_groups_per_batch, self.group_size, self.image_size
-    return {"image": ((g, n, s, s, 3), np.dtype(np.float32)), "score": ((g, n), np.dtype(np.float32)),
-            "score_clean": ((g, n), np.dtype(np.float32)), "scale": ((g,), np.dtype(np.float32)),
-            "flipped": ((g,), np.dtype(np.bool_)), "dataset": ((g,), np.dtype(np.int32)),
-            "index": ((g, n), np.dtype(np.int64))}
+    f32 = np.dtype(np.float32)
+    return {"image": ((g, n, s, s, 3), f32), "score": ((g, n), f32), "score_clean": ((g, n), f32),
+            "scale": ((g,), f32), "flipped": ((g,), np.dtype(np.bool_)),
+            "dataset": ((g,), np.dtype(np.int32)), "index": ((g, n), np.dtype(np.int64))}
 
   def __iter__(self) -> TrainIterator:
     return TrainIterator(self)
@@ -314,8 +319,8 @@ def train_stream(config: Any, process_index: int = 0, process_count: int = 1) ->
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
   if groups_per_batch <= 0 or groups_per_batch % process_count:
-    raise ValueError(f"config.data.groups_per_batch ({groups_per_batch}) must be a positive multiple "
-                     f"of the process count ({process_count})")
+    raise ValueError(f"config.data.groups_per_batch ({groups_per_batch}) must be a positive "
+                     f"multiple of the process count ({process_count})")
   seed = int(config.seed)
   if seed < 0:
     raise ValueError(f"config.data.seed must be non-negative, got {seed}")
@@ -344,8 +349,9 @@ def train_stream(config: Any, process_index: int = 0, process_count: int = 1) ->
   groups = groups_per_dataset(sizes, group_size, weights)
   steps_per_epoch = sum(groups) // groups_per_batch
   if steps_per_epoch == 0:
-    raise ValueError(f"One epoch holds {sum(groups)} groups of {group_size} ({dict(zip(names, groups))}),"
-                     f" fewer than one batch of groups_per_batch={groups_per_batch}")
+    raise ValueError(f"One epoch holds {sum(groups)} groups of {group_size} "
+                     f"({dict(zip(names, groups))}), fewer than one batch of "
+                     f"groups_per_batch={groups_per_batch}")
   layout = hashlib.sha256(json.dumps(
       [names, config.train_split, sizes, group_size, groups, groups_per_batch, seed]).encode()
   ).hexdigest()[:16]

@@ -1,11 +1,13 @@
 """Evaluation inputs: a dataset's prompt (P image-score pairs from its training split) and its test
 images in fixed-size padded batches.
 
-Interval sampling is the reference's `get_prompt(..., sample_type='fix')`: sort the training pairs by
-score (stable, so ties keep record order); take the lowest; then positions k, 2k, ... with
-k = (N - 2) // (P - 2) until P - 1 are taken; then the highest. The prompt is therefore in ascending
-score order, positions [0, k, 2k, ..., (P - 2) k, N - 1]. (P - 2) k <= N - 2, so the highest is never
-taken twice. For P = 2 it is the lowest and the highest (the reference returns the lowest only).
+Interval sampling is the reference's `get_prompt(..., sample_type='fix')`: sort the training pairs
+by score (stable, so ties keep record order); take the lowest; then positions k, 2k, ... with
+k = (N - 2) // (P - 2) until P - 1 are taken; then the highest. The prompt is therefore in
+ascending score order, positions [0, k, 2k, ..., (P - 2) k, N - 1]. (P - 2) k <= N - 2, so the
+highest is never taken twice. For P = 2 it is the lowest and the highest (the reference returns
+the lowest only).
+
 Random sampling draws P distinct records with a seeded generator (the reference shuffles unseeded
 and then takes the same positions, which is also a uniformly random P-subset).
 """
@@ -41,7 +43,8 @@ def select_prompt(scores: Sequence[float], size: int, method: str = "interval",
       raise ValueError("Random prompt sampling needs a seed (the reference's is unseeded)")
     return np.random.default_rng(seed).choice(n, size, replace=False).astype(np.int64)
   if size < 2:
-    raise ValueError(f"Interval prompt sampling takes the lowest and the highest: size >= 2, got {size}")
+    raise ValueError(f"Interval prompt sampling takes the lowest and the highest: size >= 2, "
+                     f"got {size}")
   order = np.argsort(scores, kind="stable")
   if size == 2:
     return order[[0, n - 1]].astype(np.int64)
@@ -73,7 +76,8 @@ def load_prompt(config: Any, dataset_name: str, *, size: Optional[int] = None,
     indices = select_prompt(scores, size, method or config.prompt_sampling,
                             int(config.seed) if seed is None else seed)
   except ValueError as err:
-    raise ValueError(f"Prompt for dataset {dataset_name!r} (split {source.split!r}): {err}") from err
+    raise ValueError(f"Prompt for dataset {dataset_name!r} (split {source.split!r}): "
+                     f"{err}") from err
   return _load_images(source, indices, int(config.image_size)), scores[indices]
 
 

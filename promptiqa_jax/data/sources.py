@@ -6,14 +6,14 @@ A config names a dataset in one of three ways:
   "synthetic_iqa:<name>"     one assessment requirement of a multi-requirement dataset; the score is
                              `record["scores"][requirement_index(name)]`.
   "synthetic_iqa:random"     (training only) per group, one requirement drawn at random by the
-                             dataset module's `random_requirement_scores(levels [G, T], rng) -> [G]`.
+                             dataset module's random_requirement_scores(levels [G, T], rng) -> [G].
 
 A builder config other than the default goes after a slash: "synthetic_iqa/<config>:psnr".
 Builders come from the project's registry (`promptiqa_jax.data.datasets`) or from
-`register_builder` (tests, user datasets); the class gives the version and the requirements, and the
-records are read from the built folder (`tfds.builder_from_directory(...).as_data_source`: ArrayRecord
-random access, no TensorFlow) with the image left encoded, so that decoding runs in the input
-pipeline's worker processes.
+`register_builder` (tests, user datasets); the class gives the version and the requirements, and
+the records are read from the built folder (`tfds.builder_from_directory(...).as_data_source`:
+ArrayRecord random access, no TensorFlow) with the image left encoded, so that decoding runs in the
+input pipeline's worker processes.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ _EXTRA_BUILDERS: dict[str, Any] = {}
 
 
 def register_builder(builder_cls: Any, name: Optional[str] = None) -> None:
-  """Makes a TFDS builder class resolvable by `name` (default: its TFDS name), beside the registry."""
+  """Makes a TFDS builder class resolvable by `name` (default: its TFDS name), as the registry's."""
   _EXTRA_BUILDERS[name or builder_cls.name] = builder_cls
 
 
@@ -68,8 +68,9 @@ def _check_data_dir(data_dir: str) -> str:
                      "built into (tfds build --data_dir=...)")
   data_dir = os.path.expanduser(str(data_dir))
   if not os.path.isdir(data_dir):
-    raise FileNotFoundError(f"data_dir {data_dir!r} does not exist: set config.data.data_dir to the "
-                            "folder the TFDS datasets were built into (tfds build --data_dir=...)")
+    raise FileNotFoundError(f"data_dir {data_dir!r} does not exist: set config.data.data_dir to "
+                            "the folder the TFDS datasets were built into (tfds build "
+                            "--data_dir=...)")
   return data_dir
 
 
@@ -83,14 +84,14 @@ def prepared_dir(builder_name: str, data_dir: str, builder_config: Optional[str]
   if builder_config is None and getattr(cls, "BUILDER_CONFIGS", None):
     builder_config = (getattr(cls, "DEFAULT_BUILDER_CONFIG_NAME", None)
                       or cls.BUILDER_CONFIGS[0].name)
-  parts = [data_dir, builder_name] + ([builder_config] if builder_config else []) + [str(cls.VERSION)]
-  path = os.path.join(*parts)
+  path = os.path.join(data_dir, builder_name, *([builder_config] if builder_config else []),
+                      str(cls.VERSION))
   if not os.path.isfile(os.path.join(path, "dataset_info.json")):
     raise FileNotFoundError(
         f"Dataset {builder_name!r} (version {cls.VERSION}"
         f"{', config ' + repr(builder_config) if builder_config else ''}) is not built under "
-        f"{data_dir!r} (no {path}/dataset_info.json); build it first with --data_dir={data_dir} and "
-        "the array_record file format")
+        f"{data_dir!r} (no {path}/dataset_info.json); build it first with "
+        f"--data_dir={data_dir} and the array_record file format")
   return path
 
 
@@ -122,7 +123,7 @@ def record_name(record: dict[str, Any]) -> str:
 class ScoredSource:
   """The records of one config dataset name on one split, and the way its scores are read.
 
-  Picklable (the data source reopens its files in a worker process), so it travels into grain workers.
+  Picklable (the data source reopens its files in a worker process): it travels into grain workers.
   """
 
   name: str
@@ -166,8 +167,9 @@ class ScoredSource:
   def all_scores(self, chunk: int = 256) -> np.ndarray:
     """The normalised scores `[N]` of the whole split, in record order (reads every record once)."""
     if self.is_random:
-      raise ValueError(f"{self.name}: a random requirement has no fixed scores; name a requirement "
-                       f"(e.g. '{self.name.split(':')[0]}:<requirement>') for evaluation and prompts")
+      raise ValueError(f"{self.name}: a random requirement has no fixed scores; name a "
+                       f"requirement (e.g. '{self.name.split(':')[0]}:<requirement>') for "
+                       "evaluation and prompts")
     out = [self.scores(self.read(range(start, min(start + chunk, len(self)))))
            for start in range(0, len(self), chunk)]
     return np.concatenate(out) if out else np.zeros([0], np.float32)
@@ -214,10 +216,11 @@ def open_dataset(name: str, split: str, data_dir: str,
 
 
 def load_image(source: ScoredSource, record: dict[str, Any], index: int, size: int) -> np.ndarray:
-  """Decodes, resizes (OpenCV bicubic) and normalises one record's image -> float32 `[size, size, 3]`.
+  """Decodes, resizes (OpenCV bicubic) and normalises a record's image -> float32 `[size, size, 3]`.
 
   Raises preprocess.ImageError naming the record, its index, the dataset and the split.
   """
-  where = f"record {record_name(record)!r} (index {index}) of dataset {source.name!r}, split {source.split!r}"
+  where = (f"record {record_name(record)!r} (index {index}) of dataset {source.name!r}, "
+           f"split {source.split!r}")
   image = preprocess.decode_image(record["image"], source=where)
   return preprocess.normalize(preprocess.resize_bicubic(image, size))

@@ -10,10 +10,34 @@ import jax.numpy as jnp
 Dtype = Any
 
 
-def layer_norm(epsilon: float, dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
-  # Two-pass variance, as PyTorch computes it: the fast E[x^2] - E[x]^2 form loses digits on the
-  # large residual streams of a deep ViT and breaks float32 parity with the reference.
-  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, use_fast_variance=False, name=name)
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis with statistics in float32, computed the way PyTorch does.
+
+  Two passes: the mean, then the mean of the centred values is removed again. A constant vector
+  (the reference's score token: one score repeated) then centres to exactly zero and normalises
+  to the bias, as PyTorch's Welford-based kernel gives; a one-pass mean leaves a rounding error
+  that 1/sqrt(eps) amplifies to ~1e-5 and breaks parity. The variance is two-pass as well: the
+  E[x^2] - E[x]^2 form loses digits on the large residual streams of a deep ViT.
+  """
+
+  epsilon: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,))
+    bias = self.param("bias", nn.initializers.zeros, (features,))
+    x32 = x.astype(jnp.float32)
+    centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+    centred = centred - jnp.mean(centred, axis=-1, keepdims=True)
+    variance = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+    y = centred * jax.lax.rsqrt(variance + self.epsilon) * scale + bias
+    return y.astype(self.dtype)
+
+
+def layer_norm(epsilon: float, dtype: Dtype, name: str | None = None) -> LayerNorm:
+  return LayerNorm(epsilon, dtype, name=name)
 
 
 class MultiHeadAttention(nn.Module):

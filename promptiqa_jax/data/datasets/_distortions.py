@@ -4,8 +4,9 @@ Each distortion type has a continuous severity `s`: 0 means absent; a record at 
 `s` drawn in [L - 0.5, L + 0.5), so images at one level still differ in strength (as real datasets'
 images at one level differ in quality). The severity maps to the distortion's parameter by
 geometric or linear interpolation between its value at level 1 and at level 5. Spatial parameters
-(blur sigma, pixel block) are given for a 64-pixel image and scale with the image side, so a level
-looks the same at every `image_size`.
+(blur sigma, pixel block) are given for a 64-pixel image and scale with larger image sides, so a
+level looks the same at every `image_size` from 64 up; smaller images keep the 64-pixel values
+(scaled down, a level-1 pixel block would vanish under one pixel).
 """
 from __future__ import annotations
 
@@ -100,10 +101,16 @@ def _brighten(x: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
 
 def _pixelate(x: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
   del rng
+  # Exact block means over a grid of round(S / p) blocks per side (sizes differ by at most one
+  # pixel), so strength grows smoothly with p; resampling (area down, nearest up) instead misaligns
+  # the blocks at non-integer factors and makes a 1.7-pixel block look worse than a 2-pixel one.
   side = x.shape[0]
-  small = max(1, int(round(side / p)))
-  down = cv2.resize(x, (small, small), interpolation=cv2.INTER_AREA)
-  return cv2.resize(down, (side, side), interpolation=cv2.INTER_NEAREST)
+  blocks = min(side, max(1, int(round(side / p))))
+  starts = (np.arange(blocks) * side) // blocks
+  sizes = np.diff(np.append(starts, side))
+  sums = np.add.reduceat(np.add.reduceat(x, starts, axis=0), starts, axis=1)
+  means = sums / (sizes[:, None, None] * sizes[None, :, None])
+  return np.repeat(np.repeat(means, sizes, axis=0), sizes, axis=1)
 
 
 _APPLY: dict[str, Callable[[np.ndarray, float, np.random.Generator], np.ndarray]] = {
@@ -120,7 +127,7 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 def parameter(distortion: str, severity: float, side: int) -> float:
   """The distortion's parameter (see `_PARAMS`) at a continuous severity, for a `side`-pixel image."""
   value = _PARAMS[distortion](severity)
-  return value * side / _REFERENCE_SIDE if distortion in _SPATIAL else value
+  return value * max(side, _REFERENCE_SIDE) / _REFERENCE_SIDE if distortion in _SPATIAL else value
 
 
 def apply(image: np.ndarray, severities: np.ndarray, rng: np.random.Generator) -> np.ndarray:

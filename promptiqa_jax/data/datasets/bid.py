@@ -41,7 +41,8 @@ def image_name(number, source: str) -> str:
   try:
     return "DatabaseImage%04d.JPG" % int(number)
   except (TypeError, ValueError):
-    raise iqa_base.LayoutError(f"{FACTS.title}: {source}: image number {number!r} is not a number") from None
+    raise iqa_base.LayoutError(
+        f"{FACTS.title}: {source}: image number {number!r} is not a number") from None
 
 
 class Builder(iqa_base.IqaBuilder):
@@ -52,7 +53,8 @@ class Builder(iqa_base.IqaBuilder):
   @staticmethod
   def read_layout(root: epath.Path) -> List[iqa_base.Entry]:
     entries = []
-    for index, (number, (image, mos)) in enumerate(iqa_base.read_xlsx(root, LABEL_FILES[0], 2, FACTS.title)):
+    rows = iqa_base.read_xlsx(root, LABEL_FILES[0], 2, FACTS.title)
+    for index, (number, (image, mos)) in enumerate(rows):
       source = f"{LABEL_FILES[0]} row {number}"
       entries.append(iqa_base.Entry(
           name=image_name(image, source), score_raw=iqa_base.parse_score(mos, source, FACTS.title),

@@ -13,7 +13,7 @@ licence, where to download). Everything else lives here:
   (int64: the reference image's id where there is one, else the image's index in the label file).
 - Splits, all by split unit so that no unit is in two sides of a split (seeds in the constants below,
   and in the dataset's TFDS metadata):
-    train / test: the reference's split: `random.seed(570908); random.shuffle(units)`, the first
+    train / test: the reference's split: `random.seed(2024); random.shuffle(units)`, the first
       round(0.8 n) units train. Units are 0..n-1 in label-file order for image-unit datasets, so this
       reproduces the reference's split exactly; for reference-unit datasets the reference indexes an
       `os.listdir` order (platform dependent), here the sorted order (see each module).
@@ -29,12 +29,13 @@ licence, where to download). Everything else lives here:
   split; the splits are drawn before, so skipping does not move other images between splits); a
   score outside the documented range names the label file, the image and the value.
 
-Images are decoded and resized once, on all cores, into a scratch folder next to the output, and every
-split then copies the encoded bytes: a dataset with ten random splits stores each image ~13 times.
+Images are decoded and resized once, on all cores, into a scratch folder in the data directory, and
+every split then copies the encoded bytes: with ten random splits each image is stored ~13 times.
 """
 from __future__ import annotations
 
 import abc
+import collections
 import concurrent.futures
 import csv
 import dataclasses
@@ -54,8 +55,9 @@ from etils import epath
 
 from promptiqa_jax.data import preprocess
 
-# The reference's default `--seed` (train.py), which its `get_data` uses for the 80/20 split.
-REFERENCE_SEED = 570908
+# The seed of the reference's 80/20 split (`toolkit.get_data`) as its released training script runs
+# it (train.sh: --seed 2024; train.py's default, 570908, is not what was run).
+REFERENCE_SEED = 2024
 TRAIN_FRACTION = 0.8
 # Seed and fraction of the train units held out as `validation`.
 VALIDATION_SEED = 1000
@@ -67,10 +69,10 @@ RANDOM_SPLITS_BELOW = 5000
 # Values of `Entry.official_split` and the split names they give.
 OFFICIAL_SPLITS = ("train", "validation", "test")
 
+_log = logging.getLogger(__name__)
+
 # How many names an error message or warning spells out before it just counts.
 _NAMES_SHOWN = 20
-
-PathLike = Union[str, os.PathLike]
 
 
 class LayoutError(ValueError):
@@ -189,10 +191,16 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   DEFAULT_CONFIG_NAME = "224"
   FACTS: ClassVar[DatasetFacts]
 
-  def __init__(self, *, skip_bad_images: bool = False, file_format: Any = "array_record", **kwargs):
-    """`skip_bad_images`: leave out (with a warning) images that are absent or undecodable."""
+  def __init__(self, *, config: Union[None, str, int, IqaConfig] = None,
+               skip_bad_images: bool = False, file_format: Any = "array_record", **kwargs):
+    """`config` as `make_config` takes it; `skip_bad_images`: leave out, with a warning, images that
+    are absent or undecodable instead of failing."""
+    if config is not None:
+      config = make_config(config)
+      # TFDS refuses a second config object under a predefined config's name.
+      config = self.builder_configs.get(config.name, config)
     self._skip_bad_images = skip_bad_images
-    super().__init__(file_format=file_format, **kwargs)
+    super().__init__(config=config, file_format=file_format, **kwargs)
 
   # TFDS 4.9.10 finds a packaged builder's file through `importlib_resources`, which it does not
   # install (so every build failed); the class's own file is the same answer.
@@ -238,9 +246,8 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _download_and_prepare(self, dl_manager, download_config):
     # Scratch space for the encoded images, on the output's disk (the full-size copies can be large).
-    scratch_parent = epath.Path(self.data_path).parent
-    scratch_parent.mkdir(parents=True, exist_ok=True)
-    self._scratch = epath.Path(tempfile.mkdtemp(prefix="tmp-encoded-", dir=os.fspath(scratch_parent)))
+    self._scratch = epath.Path(tempfile.mkdtemp(prefix=f"tmp-{self.name}-encoded-",
+                                                dir=os.fspath(self.data_dir_root)))
     try:
       super()._download_and_prepare(dl_manager, download_config)
     finally:
@@ -251,19 +258,21 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     entries = self.read_layout(root)
     check_entries(entries, self.FACTS)
     splits = assign_splits(entries, self.FACTS)
-    bad = self._encode_all(root, entries)
+    missing_folders = _missing_folders(root, entries)
+    bad = self._encode_all(root, entries, missing_folders)
     if bad:
-      listing = _listing(bad)
+      listing = _listing(bad, missing_folders)
       if not self._skip_bad_images:
         raise BadImagesError(
             f"{self.FACTS.title}: {len(bad)} of {len(entries)} images under {root} are absent or "
             f"unreadable:\n{listing}\nRestore them, or pass skip_bad_images=True to build without "
             "them.", bad)
-      logging.warning("%s: leaving out %d absent or unreadable images:\n%s",
-                      self.FACTS.title, len(bad), listing)
+      _log.warning("%s: leaving out %d absent or unreadable images:\n%s", self.FACTS.title,
+                   len(bad), listing)
       self.info.metadata["skipped_images"] = sorted(bad)
     return {
-        split: self._generate_examples([(entries[i], i) for i in indices if entries[i].name not in bad])
+        split: self._generate_examples(
+            [(entries[i], i) for i in indices if entries[i].name not in bad])
         for split, indices in splits.items()
     }
 
@@ -282,19 +291,22 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     try:
       return epath.Path(dl_manager.manual_dir)
     except AssertionError as err:  # TFDS's way of saying the folder is missing or empty.
-      raise LayoutError(f"{self.FACTS.title}: {err.args[0].splitlines()[0]} Expected under it: "
-                        f"{self.FACTS.layout}; download from {self.FACTS.download_url}.") from err
+      missing = str(err).split(". Create it")[0]
+      raise LayoutError(f"{self.FACTS.title}: {missing}. Expected under it: {self.FACTS.layout}; "
+                        f"download from {self.FACTS.download_url}.") from err
 
-  def _encode_all(self, root: epath.Path, entries: Sequence[Entry]) -> Dict[str, str]:
-    """Decodes, resizes and PNG-encodes every image into the scratch folder; returns {name: why} of the bad."""
+  def _encode_all(self, root: epath.Path, entries: Sequence[Entry],
+                  missing_folders: Mapping[str, int]) -> Dict[str, str]:
+    """Decodes, resizes and PNG-encodes every image into the scratch folder.
+
+    Returns {name: why} of the images that are absent or cannot be decoded.
+    """
     size = self.builder_config.image_size
-    missing_dirs = _missing_folders(root, entries)
 
     def encode(item: Tuple[int, Entry]) -> Optional[str]:
       index, entry = item
-      folder = os.path.dirname(entry.name)
-      if folder in missing_dirs:
-        return f"folder {folder}/ is missing"
+      if os.path.dirname(entry.name) in missing_folders:
+        return "its folder is missing"
       path = root / entry.name
       if not path.exists():
         return "file is missing"
@@ -316,14 +328,18 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {entry.name: why for entry, why in zip(entries, reasons) if why}
 
 
-def _missing_folders(root: epath.Path, entries: Sequence[Entry]) -> set:
-  folders = {os.path.dirname(e.name) for e in entries}
-  return {f for f in folders if f and not (root / f).is_dir()}
+def _missing_folders(root: epath.Path, entries: Sequence[Entry]) -> Dict[str, int]:
+  """Image folders (relative to root) that do not exist -> how many listed images they should hold."""
+  counts = collections.Counter(os.path.dirname(e.name) for e in entries)
+  return {f: n for f, n in counts.items() if f and not (root / f).is_dir()}
 
 
-def _listing(bad: Mapping[str, str]) -> str:
-  names = sorted(bad)
-  lines = [f"  {name}: {bad[name]}" for name in names[:_NAMES_SHOWN]]
+def _listing(bad: Mapping[str, str], missing_folders: Mapping[str, int]) -> str:
+  """The bad images for a message: whole missing folders once, then up to _NAMES_SHOWN names."""
+  lines = [f"  folder {folder}/ is missing ({n} images)"
+           for folder, n in sorted(missing_folders.items())]
+  names = sorted(n for n in bad if os.path.dirname(n) not in missing_folders)
+  lines += [f"  {name}: {bad[name]}" for name in names[:_NAMES_SHOWN]]
   if len(names) > _NAMES_SHOWN:
     lines.append(f"  ... and {len(names) - _NAMES_SHOWN} more")
   return "\n".join(lines)
@@ -404,8 +420,8 @@ def require_file(root: epath.Path, relpath: str, title: str) -> epath.Path:
     found = f"it holds: {shown}" if held else "it is empty"
   else:
     found = "that folder does not exist"
-  raise LayoutError(f"{title}: expected the file {relpath} in {root}, but {path} is missing ({found}). "
-                    "Pass the dataset's root folder as manual_dir.")
+  raise LayoutError(f"{title}: expected the file {relpath} in {root}, but {path} is missing "
+                    f"({found}). Pass the dataset's root folder as manual_dir.")
 
 
 def parse_score(value: Any, source: str, title: str) -> float:
@@ -416,7 +432,8 @@ def parse_score(value: Any, source: str, title: str) -> float:
     raise LayoutError(f"{title}: {source}: {value!r} is not a number") from None
 
 
-def read_csv(root: epath.Path, relpath: str, columns: Sequence[str], title: str) -> List[Dict[str, str]]:
+def read_csv(root: epath.Path, relpath: str, columns: Sequence[str],
+             title: str) -> List[Dict[str, str]]:
   """Rows of a CSV with a header row, as dicts; LayoutError naming any missing column."""
   path = require_file(root, relpath, title)
   with open(os.fspath(path), "r", newline="", encoding="utf-8-sig") as f:
@@ -429,7 +446,8 @@ def read_csv(root: epath.Path, relpath: str, columns: Sequence[str], title: str)
     return list(reader)
 
 
-def read_xlsx(root: epath.Path, relpath: str, num_columns: int, title: str) -> List[Tuple[int, tuple]]:
+def read_xlsx(root: epath.Path, relpath: str, num_columns: int,
+              title: str) -> List[Tuple[int, tuple]]:
   """(row number, first `num_columns` cells) of the active sheet's rows after the header row.
 
   Reading stops at the first row whose first cell is empty, as the sheets end.
@@ -453,7 +471,8 @@ def read_xlsx(root: epath.Path, relpath: str, num_columns: int, title: str) -> L
     workbook.close()
 
 
-def read_text_rows(root: epath.Path, relpath: str, num_fields: int, title: str) -> List[Tuple[int, List[str]]]:
+def read_text_rows(root: epath.Path, relpath: str, num_fields: int,
+                   title: str) -> List[Tuple[int, List[str]]]:
   """(line number, whitespace-separated fields) of a text file's non-blank lines."""
   path = require_file(root, relpath, title)
   rows = []
@@ -463,7 +482,8 @@ def read_text_rows(root: epath.Path, relpath: str, num_fields: int, title: str) 
       if not fields:
         continue
       if len(fields) != num_fields:
-        raise LayoutError(f"{title}: {path} line {number}: expected {num_fields} fields, got {line.strip()!r}")
+        raise LayoutError(f"{title}: {path} line {number}: expected {num_fields} fields, got "
+                          f"{line.strip()!r}")
       rows.append((number, fields))
   return rows
 
@@ -481,8 +501,9 @@ def load_mat(root: epath.Path, relpath: str, keys: Sequence[str], title: str,
   missing = [k for k in keys if k not in data]
   if missing and (not any_of or len(missing) == len(keys)):
     held = sorted(k for k in data if not k.startswith("__"))
-    raise LayoutError(f"{title}: {path} has no variable {' or '.join(missing) if any_of else ', '.join(missing)}"
-                      f" (it holds: {', '.join(held) or 'nothing'})")
+    wanted = (" or " if any_of else ", ").join(missing)
+    raise LayoutError(f"{title}: {path} has no variable {wanted} (it holds: "
+                      f"{', '.join(held) or 'nothing'})")
   return data
 
 

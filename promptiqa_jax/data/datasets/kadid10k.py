@@ -39,7 +39,8 @@ def unit_of(dist_img: str, source: str) -> int:
   """I01_01_01.png -> 0: the reference image's number minus one."""
   head = dist_img.split("_")[0]
   if not (head[:1] == "I" and head[1:].isdigit()):
-    raise iqa_base.LayoutError(f"{FACTS.title}: {source}: {dist_img!r} is not named like I01_01_01.png")
+    raise iqa_base.LayoutError(
+        f"{FACTS.title}: {source}: {dist_img!r} is not named like I01_01_01.png")
   return int(head[1:]) - 1
 
 

@@ -47,8 +47,8 @@ class Builder(iqa_base.IqaBuilder):
 
   @staticmethod
   def read_layout(root: epath.Path) -> List[iqa_base.Entry]:
-    names = iqa_base.mat_strings(
-        iqa_base.load_mat(root, LABEL_FILES[0], ("AllImages_release",), FACTS.title)["AllImages_release"])
+    names = iqa_base.mat_strings(iqa_base.load_mat(
+        root, LABEL_FILES[0], ("AllImages_release",), FACTS.title)["AllImages_release"])
     mos = np.asarray(iqa_base.load_mat(root, LABEL_FILES[1], ("AllMOS_release",),
                                        FACTS.title)["AllMOS_release"], dtype=np.float64).ravel()
     if len(names) != len(mos):

@@ -60,6 +60,7 @@ class PristineSource:
   filename: str
 
   def path(self) -> str:
+    """The image file inside the installed package."""
     if self.package == "skimage":
       import skimage.data  # Only for its folder: skimage.data's loaders may try to download.
       return os.path.join(os.path.dirname(skimage.data.__file__), self.filename)
@@ -129,10 +130,11 @@ class Requirement:
 
 @dataclasses.dataclass(frozen=True)
 class _WeightedRule:
-  """quality = prod_t (1 - w_t * (s_t / s_max) ** exponent) over the severities s_t (0 = absent).
+  """quality = prod_t (1 - w_t * (s_t / 5.5) ** exponent) over the severities s_t (0 = absent).
 
-  The product keeps quality in (0, 1] for any number of distortions; raw = low + (high - low) *
-  quality (MOS-like) or * (1 - quality) (DMOS-like).
+  5.5 is the highest severity (level 5 plus its jitter). The product keeps quality in (0, 1] for
+  any number of distortions; `_raw_scores` maps it onto the requirement's raw range, reversed for
+  a DMOS-like requirement.
   """
   weights: dict[str, float]
   exponent: float
@@ -154,15 +156,17 @@ _TONE_MATTERS = _WeightedRule({"contrast": 0.9, "darken": 0.85, "brighten": 0.85
 
 REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("psnr", "full_reference", False, False,
-                "PSNR (dB) over RGB against the pristine crop", (10.0, 50.0)),
+                "PSNR (dB) over RGB against the pristine crop", (0.0, 50.0)),
     Requirement("ssim", "full_reference", False, False,
                 "SSIM of the luma against the pristine crop (blind to colour)", (0.0, 1.0)),
     Requirement("ciede2000", "full_reference", True, False,
-                "mean CIEDE2000 colour difference to the pristine crop (DMOS-like)", (0.0, 40.0)),
+                "mean CIEDE2000 (kL = 2) colour difference to the pristine crop (DMOS-like)",
+                (0.0, 40.0)),
     Requirement("ms_ssim", "full_reference", False, True,
                 "multi-scale SSIM of the luma against the pristine crop", (0.0, 1.0)),
     Requirement("gmsd", "full_reference", True, False,
-                "gradient magnitude similarity deviation (DMOS-like)", (0.0, 0.35)),
+                "gradient magnitude similarity deviation to the pristine crop (DMOS-like)",
+                (0.0, 0.5)),
     Requirement("blur_matters", "weighted", False, True,
                 "MOS 0-100, blur weighted heavily, every other distortion lightly", (0.0, 100.0)),
     Requirement("noise_dmos", "weighted", True, False,
@@ -174,34 +178,30 @@ REQUIREMENTS: tuple[Requirement, ...] = (
 )
 
 
-def _weighted_scorer(rule: _WeightedRule, low: float, high: float,
-                     lower_better: bool) -> Callable[..., np.ndarray]:
-  def score(reference: np.ndarray, distorted: np.ndarray, severities: np.ndarray) -> np.ndarray:
-    del reference, distorted
-    quality = rule.quality(severities)
-    return low + (high - low) * ((1.0 - quality) if lower_better else quality)
-  return score
-
-
-def _fr_scorer(measure: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[..., np.ndarray]:
-  def score(reference: np.ndarray, distorted: np.ndarray, severities: np.ndarray) -> np.ndarray:
-    del severities
-    return measure(reference, distorted)
-  return score
-
-
-# Raw scorers: (reference [S, S, 3], distorted [N, S, S, 3], severities [N, T]) -> raw [N].
-_SCORERS: dict[str, Callable[..., np.ndarray]] = {
-    "psnr": _fr_scorer(_fr_measures.psnr),
-    "ssim": _fr_scorer(_fr_measures.ssim),
-    "ciede2000": _fr_scorer(_fr_measures.ciede2000),
-    "ms_ssim": _fr_scorer(_fr_measures.ms_ssim),
-    "gmsd": _fr_scorer(_fr_measures.gmsd),
-    "blur_matters": _weighted_scorer(_BLUR_MATTERS, 0.0, 100.0, lower_better=False),
-    "noise_dmos": _weighted_scorer(_NOISE_MATTERS, 0.0, 100.0, lower_better=True),
-    "compression_mos": _weighted_scorer(_COMPRESSION_MATTERS, 1.0, 5.0, lower_better=False),
-    "tone_dmos": _weighted_scorer(_TONE_MATTERS, 0.0, 100.0, lower_better=True),
+# Full-reference measures: (reference [S, S, 3], distorted [N, S, S, 3]) uint8 -> raw [N].
+_FR_MEASURES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "psnr": _fr_measures.psnr,
+    "ssim": _fr_measures.ssim,
+    "ciede2000": _fr_measures.ciede2000,
+    "ms_ssim": _fr_measures.ms_ssim,
+    "gmsd": _fr_measures.gmsd,
 }
+_WEIGHTED_RULES: dict[str, _WeightedRule] = {
+    "blur_matters": _BLUR_MATTERS,
+    "noise_dmos": _NOISE_MATTERS,
+    "compression_mos": _COMPRESSION_MATTERS,
+    "tone_dmos": _TONE_MATTERS,
+}
+
+
+def _raw_scores(requirement: Requirement, reference: np.ndarray, distorted: np.ndarray,
+                severities: np.ndarray) -> np.ndarray:
+  """Raw scores `[N]` of one requirement (see `score_records` for the shapes)."""
+  if requirement.kind == "full_reference":
+    return _FR_MEASURES[requirement.name](reference, distorted)
+  quality = _WEIGHTED_RULES[requirement.name].quality(severities)
+  low, high = requirement.raw_range
+  return low + (high - low) * ((1.0 - quality) if requirement.lower_better else quality)
 
 
 def requirement_index(name: str) -> int:
@@ -230,7 +230,7 @@ def score_records(reference: np.ndarray, distorted: np.ndarray,
   reference: [S, S, 3] uint8; distorted: [N, S, S, 3] uint8; severities: [N, T] (0 = absent).
   Returns (scores [N, R] float32 in [0, 1], scores_raw [N, R] float32), order REQUIREMENTS.
   """
-  raw = np.stack([_SCORERS[r.name](reference, distorted, severities) for r in REQUIREMENTS], axis=1)
+  raw = np.stack([_raw_scores(r, reference, distorted, severities) for r in REQUIREMENTS], axis=1)
   scores = np.stack([r.normalise(raw[:, i]) for i, r in enumerate(REQUIREMENTS)], axis=1)
   return scores, raw.astype(np.float32)
 
@@ -239,11 +239,11 @@ def random_requirement_scores(levels: np.ndarray, rng: np.random.Generator) -> n
   """Scores `[G]` float32 in [0, 1] of one group under one random requirement drawn from `rng`.
 
   levels: [G, T] int (0 = absent, 1..5), order DISTORTIONS. One draw per call, shared by the whole
-  group: a sensitivity w_t in [0, 1) per distortion type (sometimes spread evenly, sometimes focused
-  on one or two types), a curve exponent p, and a direction. Quality is
-  prod_t (1 - w_t * (level_t / 5) ** p), monotone non-increasing in every level; with probability
-  0.5 the score is 1 - quality (DMOS-like, lower is better). Uses only the levels, so the
-  full-reference requirements stay outside the family.
+  group: a sensitivity w_t per distortion type (the largest in [0.6, 0.98]; sometimes spread
+  evenly, sometimes focused on one or two types), a curve exponent p in [0.5, 2], and a direction.
+  Quality is prod_t (1 - w_t * (level_t / 5) ** p), monotone non-increasing in every level; with
+  probability 0.5 the score is 1 - quality (DMOS-like, lower is better). Uses only the levels, so
+  the full-reference requirements stay outside the family (and records with equal levels tie).
   """
   levels = np.asarray(levels)
   if levels.ndim != 2 or levels.shape[1] != len(DISTORTIONS):
@@ -283,6 +283,7 @@ class SyntheticIqaConfig(tfds.core.BuilderConfig):
   contents: Optional[tuple[str, ...]] = None
 
   def options(self) -> dict[str, Any]:
+    """The build options, as `make_config` and `prepare` take them."""
     return dict(image_size=self.image_size, crops_per_content=self.crops_per_content,
                 distorted_per_crop=self.distorted_per_crop, seed=self.seed,
                 user_image_dir=self.user_image_dir, contents=self.contents)
@@ -329,8 +330,13 @@ _OPTION_NAMES = tuple(DEFAULT_CONFIG.options())
 # Generation.
 
 
+# Tags that keep the random streams of crops, records and splits apart.
+_CROP_STREAM, _RECORD_STREAM, _SPLIT_STREAM = 0, 1, 2
+
+
 @dataclasses.dataclass(frozen=True)
 class _Content:
+  """One pristine image and what the generator needs to know about it."""
   name: str
   content_id: int
   image: np.ndarray  # [H, W, 3] uint8
@@ -352,10 +358,17 @@ def _load_contents(config: SyntheticIqaConfig) -> list[_Content]:
     image = preprocess.load_image(source.path())
     contents.append(_Content(source.name, content_id, image, _is_colour(image)))
   if config.user_image_dir is not None:
+    used = {c.name for c in contents}
     for i, path in enumerate(_user_image_paths(config.user_image_dir)):
-      image = preprocess.load_image(path)
+      try:
+        image = preprocess.load_image(path)
+      except preprocess.ImageError as err:
+        raise preprocess.ImageError(f"{err} (in user_image_dir; fix or remove that file)") from err
       stem = os.path.splitext(os.path.basename(path))[0]
       name = "user_" + "".join(c if c.isalnum() else "-" for c in stem)
+      # "a b.png" and "a-b.jpg" would share a name, and record names are the dataset's keys.
+      name = name if name not in used else f"{name}-{i}"
+      used.add(name)
       contents.append(_Content(name, USER_CONTENT_ID_BASE + i, image, _is_colour(image)))
   return contents
 
@@ -380,7 +393,7 @@ def assign_splits(contents: Sequence[Any], colour: Sequence[bool], seed: int) ->
   if len(contents) < 3:
     raise ValueError(f"synthetic_iqa needs at least 3 pristine contents (one per split), got "
                      f"{len(contents)}; add contents or a user_image_dir")
-  rng = np.random.default_rng([seed, 7])
+  rng = np.random.default_rng([seed, _SPLIT_STREAM])
   keyed = []
   for flag in (True, False):
     group = [i for i in range(len(contents)) if bool(colour[i]) == flag]
@@ -392,10 +405,6 @@ def assign_splits(contents: Sequence[Any], colour: Sequence[bool], seed: int) ->
   return {"test": ordered[:n_test],
           "validation": ordered[n_test:n_test + n_validation],
           "train": ordered[n_test + n_validation:]}
-
-
-# Tags that keep the random streams of crops and of records apart.
-_CROP_STREAM, _RECORD_STREAM = 0, 1
 
 
 def _crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -476,6 +485,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       config = DEFAULT_CONFIG
     super().__init__(config=config, file_format=file_format, **kwargs)
 
+  @tfds.core.utils.classproperty
+  @classmethod
+  def url_infos(cls) -> None:
+    # Nothing is downloaded. TFDS's default looks for a checksums file beside the module, which
+    # needs the importlib_resources backport for a builder inside a package.
+    return None
+
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
     return tfds.core.DatasetInfo(
@@ -551,7 +567,8 @@ def requirement_correlations(data_dir: str, split: str = "test",
   if not builder.is_prepared():
     raise FileNotFoundError(f"synthetic_iqa ({builder.builder_config.name}) is not built under "
                             f"{data_dir!r}; run prepare() or `promptiqa-jax prepare synthetic_iqa` first")
-  scores = split_arrays(builder, split)["scores_raw"]
+  # The normalised scores, as training and evaluation see them (clipping included).
+  scores = split_arrays(builder, split)["scores"]
   matrix = stats.spearmanr(scores).statistic
   return tuple(r.name for r in REQUIREMENTS), np.asarray(matrix)
 

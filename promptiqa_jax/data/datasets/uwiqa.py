@@ -42,7 +42,8 @@ def image_name(number, source: str) -> str:
   try:
     return f"{IMAGE_DIR}/{int(number):04d}.png"
   except (TypeError, ValueError):
-    raise iqa_base.LayoutError(f"{FACTS.title}: {source}: image number {number!r} is not a number") from None
+    raise iqa_base.LayoutError(
+        f"{FACTS.title}: {source}: image number {number!r} is not a number") from None
 
 
 class Builder(iqa_base.IqaBuilder):
@@ -53,7 +54,8 @@ class Builder(iqa_base.IqaBuilder):
   @staticmethod
   def read_layout(root: epath.Path) -> List[iqa_base.Entry]:
     entries = []
-    for index, (number, (image, score)) in enumerate(iqa_base.read_xlsx(root, LABEL_FILES[0], 2, FACTS.title)):
+    rows = iqa_base.read_xlsx(root, LABEL_FILES[0], 2, FACTS.title)
+    for index, (number, (image, score)) in enumerate(rows):
       source = f"{LABEL_FILES[0]} row {number}"
       entries.append(iqa_base.Entry(
           name=image_name(image, source), score_raw=iqa_base.parse_score(score, source, FACTS.title),

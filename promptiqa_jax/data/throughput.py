@@ -1,0 +1,238 @@
+"""Images per second of the training stream, beside the reference's loader on the same images.
+
+The reference reads each image file with cv2.imread, resizes it with cv2.resize(INTER_CUBIC),
+converts BGR to RGB, scales to [-1, 1], flips, and makes a tensor, one group of G images per item of
+a torch.utils.data.DataLoader (batch_size=1, num_workers processes). The stream here reads the same
+JPEGs from an ArrayRecord TFDS build and decodes them in grain worker processes (Pillow decode,
+OpenCV bicubic resize, normalise, flip, score augmentation).
+
+  python -m promptiqa_jax.data.throughput --workers 0,1,2 --num-images 352 --size 1024x768
+
+prints a markdown table (loader, workers, images/s, images/s per worker). Synthetic images at
+KonIQ-10k's size (1024x768 JPEG) are written to a temporary folder unless --root is given. The
+stream is measured twice: on a build of the JPEG files as they are (the same work as the reference)
+and on a build stored at the model's input size as PNG (what the real datasets' default "224"
+config holds: the resize is done once at build time, with the same OpenCV call).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from typing import Any, Optional, Sequence
+
+import cv2
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+BENCH_DATASET = "throughput_images"
+
+
+def write_images(image_dir: str, num_images: int, width: int, height: int,
+                 seed: int = 0, quality: int = 90) -> list[str]:
+  """Writes `num_images` photo-like JPEGs (smooth shapes plus fine noise); returns their names."""
+  os.makedirs(image_dir, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  names = []
+  for i in range(num_images):
+    # Coarse colour fields upsampled, plus noise: JPEG sizes like real photographs' (~100-300 kB).
+    coarse = rng.integers(0, 256, (height // 64 + 2, width // 64 + 2, 3), dtype=np.uint8)
+    image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.int16)
+    image += rng.integers(-12, 13, image.shape, dtype=np.int16)
+    name = f"{i:05d}.jpg"
+    cv2.imwrite(os.path.join(image_dir, name), np.clip(image, 0, 255).astype(np.uint8),
+                [cv2.IMWRITE_JPEG_QUALITY, quality])
+    names.append(name)
+  return names
+
+
+ORIGINAL = "original"
+
+
+class ThroughputImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """The JPEGs of one folder as a `train` split with the real IQA datasets' features.
+
+  Config "original" stores the files' bytes as they are; "resized<S>" stores them decoded, resized
+  to S x S (OpenCV bicubic) and PNG-encoded, as the real datasets' default "224" builds do.
+  """
+
+  name = BENCH_DATASET
+  VERSION = tfds.core.Version("1.0.0")
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=ORIGINAL)]
+
+  def __init__(self, *, image_dir: Optional[str] = None, **kwargs: Any):
+    self._image_dir = image_dir
+    super().__init__(**kwargs)
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def url_infos(cls) -> None:
+    # Nothing is downloaded; the default looks for a checksums file beside the module.
+    return None
+
+  @property
+  def _resize(self) -> Optional[int]:
+    name = self.builder_config.name
+    return None if name == ORIGINAL else int(name[len("resized"):])
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(encoding_format="jpeg" if self._resize is None else "png"),
+        "name": tfds.features.Text(),
+        "score": tfds.features.Scalar(np.float32),
+        "score_raw": tfds.features.Scalar(np.float32),
+        "unit": tfds.features.Scalar(np.int64),
+    }))
+
+  def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
+    del dl_manager
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    from promptiqa_jax.data import preprocess
+
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(sorted(os.listdir(self._image_dir))):
+      with open(os.path.join(self._image_dir, name), "rb") as f:
+        data = f.read()
+      if self._resize is not None:
+        image = preprocess.resize_bicubic(preprocess.decode_image(data, name), self._resize)
+        data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+      score = float(rng.uniform(0.05, 0.95))
+      yield name, {"image": data, "name": name, "score": score, "score_raw": 100 * score, "unit": i}
+
+
+def prepare(root: str, num_images: int, width: int, height: int,
+            image_size: int) -> tuple[str, str]:
+  """Writes the JPEGs and their two TFDS builds (original, resized) under `root`.
+
+  Returns (image_dir, data_dir).
+  """
+  from promptiqa_jax.data import sources
+
+  image_dir, data_dir = os.path.join(root, "images"), os.path.join(root, "tfds")
+  if len(os.listdir(image_dir) if os.path.isdir(image_dir) else []) != num_images:
+    write_images(image_dir, num_images, width, height)
+  for config in (ORIGINAL, f"resized{image_size}"):
+    ThroughputImages(image_dir=image_dir, data_dir=data_dir,
+                     config=tfds.core.BuilderConfig(name=config) if config != ORIGINAL else None
+                     ).download_and_prepare(file_format="array_record")
+  sources.register_builder(ThroughputImages)
+  return image_dir, data_dir
+
+
+def stream_throughput(data_dir: str, num_workers: int, image_size: int = 224, group_size: int = 11,
+                      groups_per_batch: int = 2, batches: int = 8, resized: bool = False) -> float:
+  """Images/s of train_stream after a warm-up of max(1, num_workers) batches (worker start-up).
+
+  resized: read the build stored at the model's input size (no resize in the stream).
+  """
+  from promptiqa_jax.data import pipeline
+
+  name = f"{BENCH_DATASET}/resized{image_size}" if resized else BENCH_DATASET
+  config = ml_collections.ConfigDict(dict(
+      data_dir=data_dir, train=[name], train_split="train", weights=None,
+      group_size=group_size, groups_per_batch=groups_per_batch, image_size=image_size,
+      scale_rate=0.5, flip_rate=0.1, hflip=True, seed=0, num_workers=num_workers, read_threads=1))
+  iterator = iter(pipeline.train_stream(config))
+  try:
+    for _ in range(max(1, num_workers)):
+      next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+      next(iterator)
+    elapsed = time.perf_counter() - start
+  finally:
+    iterator.close()
+  return batches * groups_per_batch * group_size / elapsed
+
+
+class _ReferenceGroups:
+  """The reference's training items: one group of G image files read with OpenCV per item."""
+
+  def __init__(self, paths: Sequence[str], group_size: int, image_size: int):
+    self.groups = [paths[i:i + group_size]
+                   for i in range(0, len(paths) - group_size + 1, group_size)]
+    self.image_size = image_size
+
+  def __len__(self) -> int:
+    return len(self.groups)
+
+  def __getitem__(self, index: int) -> Any:
+    import torch
+    images = []
+    for path in self.groups[index]:
+      image = cv2.imread(path, cv2.IMREAD_COLOR)
+      image = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_CUBIC)
+      image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+      image = np.transpose(image.astype(np.float32) / 255, (2, 0, 1))
+      image = (image - 0.5) / 0.5
+      if np.random.rand() < 0.5:
+        image = np.fliplr(image).copy()  # as the reference: on the [3, H, W] array
+      images.append(torch.from_numpy(image))
+    return torch.stack(images)
+
+
+def reference_throughput(image_dir: str, num_workers: int, image_size: int = 224,
+                         group_size: int = 11, groups_per_batch: int = 2,
+                         batches: int = 8) -> float:
+  """Images/s of the reference's way (torch DataLoader over OpenCV reads), same warm-up and count.
+
+  Batches of groups_per_batch items of one group each, the reference's per-GPU batch times GPUs.
+  """
+  import torch
+
+  paths = [os.path.join(image_dir, n) for n in sorted(os.listdir(image_dir))]
+  loader = torch.utils.data.DataLoader(
+      _ReferenceGroups(paths, group_size, image_size), batch_size=groups_per_batch, shuffle=True,
+      num_workers=num_workers, drop_last=True)
+  needed = max(1, num_workers) + batches
+  if len(loader) < needed:
+    raise ValueError(f"{len(paths)} images give {len(loader)} batches, fewer than the {needed} "
+                     "needed: raise --num-images")
+  iterator = iter(loader)
+  for _ in range(max(1, num_workers)):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(iterator)
+  elapsed = time.perf_counter() - start
+  del iterator
+  return batches * groups_per_batch * group_size / elapsed
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--root", help="folder for the images and their TFDS builds (default: a "
+                      "temporary folder)")
+  parser.add_argument("--num-images", type=int, default=352)
+  parser.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT of the written JPEGs")
+  parser.add_argument("--image-size", type=int, default=224, help="the model's input side")
+  parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
+  parser.add_argument("--batches", type=int, default=8, help="timed batches of 2 groups of 11")
+  args = parser.parse_args(argv)
+  width, height = (int(v) for v in args.size.lower().split("x"))
+  with tempfile.TemporaryDirectory() as scratch:
+    image_dir, data_dir = prepare(args.root or scratch, args.num_images, width, height,
+                                  args.image_size)
+    print(f"{args.num_images} JPEGs {width}x{height} -> {args.image_size}x{args.image_size}, "
+          f"{os.cpu_count()} CPUs\n")
+    print("| loader | workers | images/s | images/s per worker |\n|---|---|---|---|")
+    size = args.image_size
+    loaders = (
+        ("grain stream, JPEG originals", lambda w: stream_throughput(
+            data_dir, w, size, batches=args.batches)),
+        (f"grain stream, {size} PNG build", lambda w: stream_throughput(
+            data_dir, w, size, batches=args.batches, resized=True)),
+        ("reference: torch DataLoader + cv2, JPEG files", lambda w: reference_throughput(
+            image_dir, w, size, batches=args.batches)))
+    for workers in (int(w) for w in args.workers.split(",")):
+      for label, measure in loaders:
+        rate = measure(workers)
+        print(f"| {label} | {workers} | {rate:.1f} | {rate / max(1, workers):.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,212 @@
+"""Parity of the Flax model with the independent PyTorch implementation of the reference.
+
+Every tensor of the PyTorch model is randomised (LayerNorm/BatchNorm affine and running statistics,
+MAL gammas, class token too), saved in the release's checkpoint format and converted, so a wrongly
+mapped or transposed weight, or a mis-ordered reshape, shows as a mismatch. Per-submodule tests
+name the place of a mismatch; the whole-model tests go through the public API.
+"""
+import numpy as np
+import pytest
+import torch
+
+from promptiqa_jax.inference import PromptIQA
+from promptiqa_jax.interop import torch_model
+from promptiqa_jax.interop.convert import load_torch_checkpoint, torch_to_flax
+from promptiqa_jax.models.config import ModelConfig
+from promptiqa_jax.models.promptiqa import PromptIQA as PromptIQAModule
+
+ATOL = 1e-5
+
+
+def nchw(images: np.ndarray) -> torch.Tensor:
+  return torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, -3)))
+
+
+def tokens(maps: torch.Tensor) -> np.ndarray:
+  """[B, C, g, g] torch map -> [B, g*g, C] token layout of the Flax side."""
+  return maps.flatten(2).transpose(1, 2).numpy()
+
+
+def assert_close(actual, expected, where: str, atol: float = ATOL):
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  assert actual.shape == expected.shape, f"{where}: shape {actual.shape} != {expected.shape}"
+  error = np.abs(actual - expected).max()
+  assert error <= atol, f"{where}: max abs error {error:.3g} > {atol}"
+
+
+def release_pair(config: ModelConfig, path, seed: int = 0):
+  """A randomised torch model, saved as a release checkpoint, and the converted Flax variables."""
+  reference = torch_model.randomize_(torch_model.TorchPromptIQA(config), seed).eval()
+  torch_model.save_release_checkpoint(reference, path)
+  state, meta = load_torch_checkpoint(path)
+  assert meta == {"prompt_num": 10}
+  return reference, torch_to_flax(state, config)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  torch.set_num_threads(1)
+  config = ModelConfig.tiny()
+  path = tmp_path_factory.mktemp("tiny") / "best_model.pth.tar"
+  reference, variables = release_pair(config, path)
+  bound = PromptIQAModule(config).bind(variables)
+  return config, reference, variables, bound, path
+
+
+@pytest.fixture(scope="module")
+def inputs():
+  rng = np.random.default_rng(1)
+  return {
+      "images": rng.uniform(-1, 1, (2, 4, 32, 32, 3)).astype(np.float32),
+      "scores": rng.uniform(0, 1, (2, 4)).astype(np.float32),
+  }
+
+
+def test_backbone_taps(tiny, inputs):
+  _, reference, _, bound, _ = tiny
+  images = inputs["images"][0]
+  with torch.no_grad():
+    expected = reference.backbone_taps(nchw(images))
+  actual = bound.vit(images)
+  assert len(actual) == len(expected) == 4
+  for index, (a, e) in enumerate(zip(actual, expected)):
+    assert_close(a, e.numpy(), f"ViT tap {index}")
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_each_mal(tiny, index):
+  config, reference, _, bound, _ = tiny
+  generator = torch.Generator().manual_seed(index)
+  maps = [torch.randn(2, config.vit_width, config.grid, config.grid, generator=generator)
+          for _ in config.taps]
+  with torch.no_grad():
+    expected = reference.MALs[index](maps)  # [B, C, L]
+  actual = bound.mals[index]([tokens(m) for m in maps], train=False)
+  assert_close(actual, expected.transpose(1, 2).numpy(), f"MALs.{index}")
+
+
+def test_fusion_mal_and_block(tiny):
+  config, reference, _, bound, _ = tiny
+  generator = torch.Generator().manual_seed(7)
+  maps = [torch.randn(2, config.vit_width, config.grid, config.grid, generator=generator)
+          for _ in range(config.num_mals)]
+  with torch.no_grad():
+    expected = reference.fuse_maps(maps)
+  actual = bound.block(bound.fusion_mal([tokens(m) for m in maps], train=False))
+  assert_close(actual, tokens(expected), "fusion_mal + block")
+
+
+def test_cnn_head(tiny):
+  config, reference, _, bound, _ = tiny
+  maps = torch.randn(3, config.vit_width, config.grid, config.grid,
+                     generator=torch.Generator().manual_seed(3))
+  with torch.no_grad():
+    expected = reference.head_features(maps)
+  actual = bound.cnn(np.moveaxis(maps.numpy(), 1, -1), train=False)
+  assert_close(actual, expected.numpy(), "cnn head (eval, running statistics)")
+
+
+def test_prompt_encoder_fusion_and_query_blocks(tiny):
+  config, reference, _, bound, _ = tiny
+  rng = np.random.default_rng(4)
+  features = rng.normal(size=(5, config.prompt_width)).astype(np.float32)
+  scores = rng.uniform(size=5).astype(np.float32)
+  with torch.no_grad():
+    vectors = reference.prompt_vectors(torch.from_numpy(features), torch.from_numpy(scores))
+    fused = reference.fuse_prompt(vectors)
+    quality = reference.score_with_fused(torch.from_numpy(features[:2]), fused)
+  assert_close(bound.prompt_vectors(features, scores), vectors.numpy(), "i_p_fusion + mlp")
+  assert_close(bound.fuse_prompt(vectors.numpy()), fused.numpy(), "prompt_fusion")
+  assert_close(bound.score_with_fused(features[:2], fused.numpy()), quality.numpy(),
+               "blocks + norm + score_block")
+
+
+def compare_api(model: PromptIQA, reference, images, scores, atol=ATOL):
+  """Prompt vectors, scores with a cached prompt and the training-form forward, via the API."""
+  prompt_images, queries = images[0], images[1]
+  with torch.no_grad():
+    features = reference.image_features(nchw(prompt_images))
+    vectors = reference.prompt_vectors(features, torch.from_numpy(scores[0]))
+    expected_scores = reference.score_with_fused(reference.image_features(nchw(queries)),
+                                                 reference.fuse_prompt(vectors))
+    expected_groups = reference(nchw(images), torch.from_numpy(scores))
+  prompt = model.encode_prompt(prompt_images, scores[0])
+  assert_close(prompt.vectors, vectors.numpy(), "prompt vectors", atol)
+  assert_close(model.score(queries, prompt), expected_scores.numpy(), "scores", atol)
+  assert_close(model.group_forward(images, scores), expected_groups.numpy(),
+               "training-form forward", atol)
+
+
+def test_whole_model_tiny(tiny, inputs):
+  config, reference, _, _, path = tiny
+  model = PromptIQA.from_torch(path, config, batch_size=3)
+  compare_api(model, reference, inputs["images"], inputs["scores"])
+
+
+def test_linear_score_embedding(tmp_path, inputs):
+  config = ModelConfig.tiny(score_embedding="linear")
+  reference, variables = release_pair(config, tmp_path / "linear.pth.tar", seed=5)
+  compare_api(PromptIQA(variables, config), reference, inputs["images"], inputs["scores"])
+
+
+def test_train_mode_batchnorm(tmp_path, inputs):
+  """Train mode without dropout: batch statistics and PyTorch's running-statistics update."""
+  config = ModelConfig.tiny(mal_dropout=0.0, score_dropout=0.0)
+  reference, variables = release_pair(config, tmp_path / "train.pth.tar", seed=6)
+  reference.train()
+  images, scores = inputs["images"], inputs["scores"]
+  with torch.no_grad():
+    expected = reference(nchw(images), torch.from_numpy(scores))
+  actual, updates = PromptIQAModule(config).apply(variables, images, scores, train=True,
+                                                  mutable=["batch_stats"])
+  assert_close(actual, expected.numpy(), "train-mode forward")
+  for stage in range(len(config.cnn_head)):
+    bn = reference.cnn[4 * stage + 1]
+    stats = updates["batch_stats"]["cnn"][f"bn_{stage}"]
+    assert_close(stats["mean"], bn.running_mean.numpy(), f"cnn.{4 * stage + 1}.running_mean")
+    assert_close(stats["var"], bn.running_var.numpy(), f"cnn.{4 * stage + 1}.running_var")
+
+
+def test_wrong_checkpoint_lists_keys(tiny):
+  config, reference, _, _, _ = tiny
+  state = {k: v.numpy() for k, v in reference.state_dict().items()}
+  state.pop("norm.weight")
+  state["extra.weight"] = np.zeros(3, np.float32)
+  state["mlp.0.weight"] = state["mlp.0.weight"][:, :-1]
+  with pytest.raises(ValueError) as error:
+    torch_to_flax(state, config)
+  message = str(error.value)
+  assert "missing (1): norm.weight" in message
+  assert "unexpected (1): extra.weight" in message
+  assert "mis-shaped (1): mlp.0.weight" in message
+
+
+def test_convert_round_trip(tiny, inputs, tmp_path):
+  from promptiqa_jax.cli import main
+
+  config, _, _, _, path = tiny
+  out = tmp_path / "converted"
+  config_file = tmp_path / "tiny.json"
+  config_file.write_text(__import__("json").dumps(config.to_dict()))
+  assert main(["convert", "--torch", str(path), "--out", str(out),
+               "--model-config", str(config_file)]) == 0
+  direct = PromptIQA.from_torch(path, config)
+  converted = PromptIQA.from_checkpoint(out)
+  assert converted.config == config
+  images = inputs["images"][1]
+  prompt = direct.encode_prompt(inputs["images"][0], inputs["scores"][0])
+  np.testing.assert_array_equal(converted.score(images, prompt), direct.score(images, prompt))
+
+
+@pytest.mark.slow
+def test_whole_model_paper_size(tmp_path):
+  """The reference architecture at full size (318 M parameters), through the public API."""
+  torch.set_num_threads(2)
+  config = ModelConfig.paper()
+  reference, variables = release_pair(config, tmp_path / "best_model.pth.tar", seed=11)
+  model = PromptIQA(variables, config, batch_size=2)
+  del variables
+  rng = np.random.default_rng(12)
+  images = rng.uniform(-1, 1, (2, 2, 224, 224, 3)).astype(np.float32)
+  scores = rng.uniform(0, 1, (2, 2)).astype(np.float32)
+  compare_api(model, reference, images, scores)

@@ -1,0 +1,218 @@
+"""Tests of the synthetic_iqa builder, on tiny builds (16 px, 5 contents, 2 crops, 8 versions each)."""
+import numpy as np
+import pytest
+
+from promptiqa_jax.data import preprocess
+from promptiqa_jax.data.datasets import _distortions
+from promptiqa_jax.data.datasets import synthetic_iqa as siqa
+
+# Small source images (fast to load): 2 colour, 3 grey, so every split gets content.
+CONTENTS = ("chelsea", "coffee", "coins", "page", "text")
+OPTIONS = dict(image_size=16, crops_per_content=2, distorted_per_crop=8, seed=3, contents=CONTENTS)
+RECORDS_PER_CONTENT = 2 * 8
+SPLITS = ("train", "validation", "test")
+
+
+def _read_all(builder):
+  out = {}
+  for split in SPLITS:
+    source = builder.as_data_source(split)
+    out[split] = [source[i] for i in range(len(source))]
+  return out
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("siqa"))
+  builder = siqa.prepare(data_dir, **OPTIONS)
+  return data_dir, builder, _read_all(builder)
+
+
+def test_metadata():
+  assert len(siqa.DISTORTIONS) >= 6 and len(set(siqa.DISTORTIONS)) == len(siqa.DISTORTIONS)
+  names = [r.name for r in siqa.REQUIREMENTS]
+  assert len(names) >= 8 and len(set(names)) == len(names)
+  assert all(siqa.requirement_index(n) == i for i, n in enumerate(names))
+  with pytest.raises(ValueError, match="Unknown requirement 'nope'"):
+    siqa.requirement_index("nope")
+  heldout = siqa.heldout_requirements()
+  assert len(heldout) >= 3
+  assert {r.kind for r in heldout} == {"full_reference", "weighted"}
+  assert set(heldout).isdisjoint(siqa.train_requirements())
+  assert len(heldout) + len(siqa.train_requirements()) == len(siqa.REQUIREMENTS)
+  assert any(r.lower_better for r in siqa.REQUIREMENTS)
+  assert all(r.kind in ("full_reference", "weighted") for r in siqa.REQUIREMENTS)
+
+
+def test_splits_sizes_and_disjoint_contents(build):
+  _, builder, records = build
+  ids = {split: {int(r["content_id"]) for r in records[split]} for split in SPLITS}
+  assert all(ids.values())
+  assert not (ids["train"] & ids["validation"] or ids["train"] & ids["test"]
+              or ids["validation"] & ids["test"])
+  expected = {siqa.PRISTINE.index(s) for s in siqa.PRISTINE if s.name in CONTENTS}
+  assert set().union(*ids.values()) == expected
+  for split in SPLITS:
+    assert len(records[split]) == len(ids[split]) * RECORDS_PER_CONTENT
+  assert builder.builder_config.name == siqa.make_config(**OPTIONS).name
+
+
+def test_records_are_consistent(build):
+  _, _, records = build
+  names_by_id = {i: s.name for i, s in enumerate(siqa.PRISTINE)}
+  darken, brighten = siqa.DISTORTIONS.index("darken"), siqa.DISTORTIONS.index("brighten")
+  desaturate = siqa.DISTORTIONS.index("desaturate")
+  all_names = []
+  for split in SPLITS:
+    for r in records[split]:
+      image, levels, name = r["image"], r["levels"], r["name"].decode()
+      assert image.shape == (16, 16, 3) and image.dtype == np.uint8
+      assert levels.shape == (len(siqa.DISTORTIONS),) and levels.dtype == np.int32
+      assert 1 <= np.count_nonzero(levels) <= 3 and levels.min() >= 0 and levels.max() <= 5
+      assert not (levels[darken] and levels[brighten])
+      content = names_by_id[int(r["content_id"])]
+      if content in ("coins", "page", "text"):
+        assert levels[desaturate] == 0
+      # The name spells content and levels: "<content>_crop<k>_<index>_<type><level>...".
+      assert name.startswith(content + "_crop")
+      tokens = name[len(content) + 1:].split("_")[2:]
+      assert tokens == [f"{t}{l}" for t, l in zip(siqa.DISTORTIONS, levels) if l]
+      for requirement, score, raw in zip(siqa.REQUIREMENTS, r["scores"], r["scores_raw"]):
+        assert 0.0 <= score <= 1.0
+        assert score == pytest.approx(float(requirement.normalise(np.array([raw]))[0]), abs=1e-6)
+      all_names.append(name)
+  assert len(set(all_names)) == len(all_names)
+
+
+def test_stored_images_match_generation(build):
+  _, builder, records = build
+  content = next(c for c in siqa._load_contents(builder.builder_config) if c.name == "page")
+  expected = {r["name"]: r for r in siqa.generate_content(content, builder.builder_config)}
+  stored = [r for split in SPLITS for r in records[split] if r["name"].decode() in expected]
+  assert len(stored) == RECORDS_PER_CONTENT
+  for r in stored:
+    want = expected[r["name"].decode()]
+    # PNG is lossless, so the stored pixels (RGB order included) are the generated ones.
+    np.testing.assert_array_equal(r["image"], want["image"])
+    np.testing.assert_array_equal(r["scores"], want["scores"])
+
+
+def test_few_ties_per_requirement(build):
+  _, _, records = build
+  for split in SPLITS:
+    scores = np.stack([r["scores"] for r in records[split]])
+    for requirement, column in zip(siqa.REQUIREMENTS, scores.T):
+      _, counts = np.unique(column, return_counts=True)
+      tied = counts[counts > 1].sum() / len(column)
+      assert tied < 0.2, (split, requirement.name, tied)
+
+
+def test_same_seed_same_records_other_seed_differs(build, tmp_path):
+  _, _, records = build
+  again = _read_all(siqa.prepare(str(tmp_path / "a"), **OPTIONS))
+  for split in SPLITS:
+    assert len(again[split]) == len(records[split])
+    for a, b in zip(records[split], again[split]):
+      assert a.keys() == b.keys()
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+  other = siqa.prepare(str(tmp_path / "b"), **dict(OPTIONS, seed=4))
+  first = other.as_data_source("train")[0]
+  assert not any(np.array_equal(first["image"], r["image"]) for r in records["train"])
+
+
+def test_builder_options_and_configs(tmp_path):
+  by_kwargs = siqa.Builder(data_dir=str(tmp_path), **OPTIONS)
+  assert by_kwargs.builder_config.name == siqa.make_config(**OPTIONS).name
+  assert siqa.Builder(data_dir=str(tmp_path)).builder_config is siqa.DEFAULT_CONFIG
+  assert siqa.Builder(data_dir=str(tmp_path), config=siqa.make_config()).builder_config is siqa.DEFAULT_CONFIG
+  with pytest.raises(ValueError, match="not both"):
+    siqa.Builder(data_dir=str(tmp_path), config=siqa.make_config(), seed=2)
+  with pytest.raises(ValueError, match="Unknown contents"):
+    siqa.make_config(contents=["lena"])
+  with pytest.raises(ValueError, match="at least 3 pristine contents"):
+    siqa.prepare(str(tmp_path), image_size=16, contents=["coins", "page"])
+
+
+def test_requirement_correlations(build):
+  data_dir, _, _ = build
+  names, matrix = siqa.requirement_correlations(data_dir, "train", **OPTIONS)
+  assert names == tuple(r.name for r in siqa.REQUIREMENTS)
+  assert matrix.shape == (len(names), len(names))
+  np.testing.assert_allclose(matrix, matrix.T)
+  np.testing.assert_allclose(np.diag(matrix), 1.0)
+  table = siqa.correlation_table(names, matrix)
+  assert table.count("\n") == len(names) + 1 and "| psnr |" in table
+
+
+def _write_image(path, seed):
+  """A random 40x48 RGB image in the format the file name's extension says."""
+  from PIL import Image
+  image = np.random.default_rng(seed).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+  Image.fromarray(image).save(path)
+
+
+@pytest.mark.parametrize("bad_name,content", [("bad.png", b"\x89PNG\r\n\x1a\n not really"),
+                                               ("empty.jpg", b"")])
+def test_bad_user_image_is_named(tmp_path, bad_name, content):
+  folder = tmp_path / "mine"
+  folder.mkdir()
+  _write_image(folder / "a_good.png", 0)
+  (folder / bad_name).write_bytes(content)
+  with pytest.raises(preprocess.ImageError, match=bad_name):
+    siqa.prepare(str(tmp_path / "data"), manual_dir=str(folder), **OPTIONS)
+
+
+def test_user_images_become_contents(tmp_path):
+  folder = tmp_path / "mine"
+  folder.mkdir()
+  for i, name in enumerate(["a b.png", "a-b.jpg", "c.png", ".hidden.png"]):
+    _write_image(folder / name, i)
+  (folder / "notes.txt").write_text("not an image, not read")
+  config = siqa.make_config(image_size=16, crops_per_content=1, distorted_per_crop=2,
+                            user_image_dir=str(folder), contents=())
+  contents = siqa._load_contents(config)
+  base = siqa.USER_CONTENT_ID_BASE
+  assert [(c.name, c.content_id) for c in contents] == [
+      ("user_a-b", base), ("user_a-b-1", base + 1), ("user_c", base + 2)]
+
+
+def _random_levels(rng, groups):
+  return np.stack([_distortions.sample_levels(rng, colour=True) for _ in range(groups)])
+
+
+def test_random_requirement_scores_range_monotone_varied():
+  rng = np.random.default_rng(0)
+  levels = _random_levels(rng, 11)
+  rankings, directions = set(), set()
+  for draw in range(200):
+    scores = siqa.random_requirement_scores(levels, np.random.default_rng(draw))
+    assert scores.shape == (11,) and scores.dtype == np.float32
+    assert np.all((scores >= 0) & (scores <= 1))
+    rankings.add(tuple(np.argsort(scores, kind="stable")))
+    # Raising any present level moves every score the same way (or not at all), under one draw.
+    bumped = levels.copy()
+    rows, cols = np.nonzero(levels < 5)
+    bumped[rows, cols] += 1
+    both = siqa.random_requirement_scores(np.concatenate([levels, bumped]),
+                                          np.random.default_rng(draw))
+    delta = both[11:] - both[:11]
+    assert np.all(delta >= -1e-7) or np.all(delta <= 1e-7)
+    directions.add(bool(np.sum(delta) > 0))
+  assert directions == {True, False}
+  assert len(rankings) > 100
+  with pytest.raises(ValueError, match="levels must be"):
+    siqa.random_requirement_scores(levels[:, :3], rng)
+
+
+def test_distortions_grow_with_level():
+  reference = siqa._crop(preprocess.load_image(siqa.PRISTINE[0].path()), 32,
+                         np.random.default_rng(0))
+  from promptiqa_jax.data.datasets import _fr_measures
+  for t, name in enumerate(siqa.DISTORTIONS):
+    severities = np.zeros((5, len(siqa.DISTORTIONS)))
+    severities[:, t] = np.arange(1, 6)
+    distorted = np.stack([_distortions.apply(reference, s, np.random.default_rng(1))
+                          for s in severities])
+    psnr = _fr_measures.psnr(reference, distorted)
+    assert np.all(np.diff(psnr) < 0), (name, psnr)
