@@ -85,13 +85,16 @@ class PromptIQA:
       vectors = module.apply(variables, features, scores, method=PromptIQAModule.prompt_vectors)
       return vectors, module.apply(variables, vectors, method=PromptIQAModule.fuse_prompt)
 
-    def score(variables, images, fused):
-      image_features = features(variables, images)
+    def score_features(variables, image_features, fused):
       return module.apply(variables, image_features, fused, method=PromptIQAModule.score_with_fused)
+
+    def score(variables, images, fused):
+      return score_features(variables, features(variables, images), fused)
 
     self._features = jax.jit(features)
     self._encode = jax.jit(encode)
     self._score = jax.jit(score)
+    self._score_features = jax.jit(score_features)
     self._group_forward = jax.jit(module.apply)
 
   @classmethod
@@ -136,9 +139,21 @@ class PromptIQA:
   def encode_prompt(self, images: Images, scores: Sequence[float]) -> Prompt:
     """Encodes P image-score pairs once; reuse the result for any number of queries."""
     scores = validate_scores(scores, count=len(images))
-    features = self.image_features(images)
-    vectors, fused = self._encode(self.variables, features, scores)
+    return self.encode_prompt_features(self.image_features(images), scores)
+
+  def encode_prompt_features(self, features: np.ndarray, scores: Sequence[float]) -> Prompt:
+    """As `encode_prompt`, from image features `[P, D]` already computed."""
+    scores = validate_scores(scores, count=len(features))
+    vectors, fused = self._encode(self.variables, np.asarray(features, np.float32), scores)
     return Prompt(np.asarray(vectors), np.asarray(fused), scores)
+
+  def score_features(self, features: np.ndarray, prompt: Prompt) -> np.ndarray:
+    """Scores from image features `[N, D]` already computed: `[N]`. Evaluations that try many
+    prompts on the same images compute the (costly) features once and call this per prompt."""
+    features = np.asarray(features, np.float32)
+    if len(features) == 0:
+      return np.zeros((0,), np.float32)
+    return self._batched(self._score_features, features, jnp.asarray(prompt.fused))
 
   def score(self, images: Images, prompt: Prompt) -> np.ndarray:
     """Predicted quality in [0, 1] of each image under the prompt's requirement: `[N]`."""

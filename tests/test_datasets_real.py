@@ -163,8 +163,8 @@ def test_missing_label_file_is_named_with_its_folder(key, label, tmp_path):
 
 
 def test_missing_or_empty_manual_dir_says_what_to_put_there(tmp_path):
+  (tmp_path / "empty").mkdir()
   for manual in (tmp_path / "absent", tmp_path / "empty"):
-    (tmp_path / "empty").mkdir(exist_ok=True)
     with pytest.raises(iqa_base.LayoutError, match="koniq10k_distributions_sets.csv"):
       catalog.prepare("koniq10k", tmp_path / "data", manual, config=SIZE)
 

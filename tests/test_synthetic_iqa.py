@@ -1,9 +1,11 @@
-"""Tests of the synthetic_iqa builder, on tiny builds (16 px, 5 contents, 2 crops, 8 versions each)."""
+"""Tests of the synthetic_iqa builder on tiny builds (16 px, 5 contents, 2 crops, 8 versions each)."""
 import numpy as np
 import pytest
+from PIL import Image
 
 from promptiqa_jax.data import preprocess
 from promptiqa_jax.data.datasets import _distortions
+from promptiqa_jax.data.datasets import _fr_measures
 from promptiqa_jax.data.datasets import synthetic_iqa as siqa
 
 # Small source images (fast to load): 2 colour, 3 grey, so every split gets content.
@@ -125,7 +127,8 @@ def test_builder_options_and_configs(tmp_path):
   by_kwargs = siqa.Builder(data_dir=str(tmp_path), **OPTIONS)
   assert by_kwargs.builder_config.name == siqa.make_config(**OPTIONS).name
   assert siqa.Builder(data_dir=str(tmp_path)).builder_config is siqa.DEFAULT_CONFIG
-  assert siqa.Builder(data_dir=str(tmp_path), config=siqa.make_config()).builder_config is siqa.DEFAULT_CONFIG
+  by_config = siqa.Builder(data_dir=str(tmp_path), config=siqa.make_config())
+  assert by_config.builder_config is siqa.DEFAULT_CONFIG
   with pytest.raises(ValueError, match="not both"):
     siqa.Builder(data_dir=str(tmp_path), config=siqa.make_config(), seed=2)
   with pytest.raises(ValueError, match="Unknown contents"):
@@ -147,7 +150,6 @@ def test_requirement_correlations(build):
 
 def _write_image(path, seed):
   """A random 40x48 RGB image in the format the file name's extension says."""
-  from PIL import Image
   image = np.random.default_rng(seed).integers(0, 256, (40, 48, 3), dtype=np.uint8)
   Image.fromarray(image).save(path)
 
@@ -175,6 +177,9 @@ def test_user_images_become_contents(tmp_path):
   base = siqa.USER_CONTENT_ID_BASE
   assert [(c.name, c.content_id) for c in contents] == [
       ("user_a-b", base), ("user_a-b-1", base + 1), ("user_c", base + 2)]
+  builder = siqa.prepare(str(tmp_path / "data"), **config.options())
+  ids = [int(r["content_id"]) for split in SPLITS for r in _read_all(builder)[split]]
+  assert sorted(ids) == [base, base, base + 1, base + 1, base + 2, base + 2]
 
 
 def _random_levels(rng, groups):
@@ -190,13 +195,16 @@ def test_random_requirement_scores_range_monotone_varied():
     assert scores.shape == (11,) and scores.dtype == np.float32
     assert np.all((scores >= 0) & (scores <= 1))
     rankings.add(tuple(np.argsort(scores, kind="stable")))
-    # Raising any present level moves every score the same way (or not at all), under one draw.
-    bumped = levels.copy()
-    rows, cols = np.nonzero(levels < 5)
-    bumped[rows, cols] += 1
-    both = siqa.random_requirement_scores(np.concatenate([levels, bumped]),
+    # Under one draw, raising any one type's level (an absent type to 1) moves every score the
+    # same way or not at all: scored as one group, the original and every bumped copy.
+    bumped = []
+    for t in range(len(siqa.DISTORTIONS)):
+      copy = levels.copy()
+      copy[:, t] = np.minimum(copy[:, t] + 1, 5)
+      bumped.append(copy)
+    both = siqa.random_requirement_scores(np.concatenate([levels] + bumped),
                                           np.random.default_rng(draw))
-    delta = both[11:] - both[:11]
+    delta = both[11:].reshape(len(bumped), 11) - both[:11]
     assert np.all(delta >= -1e-7) or np.all(delta <= 1e-7)
     directions.add(bool(np.sum(delta) > 0))
   assert directions == {True, False}
@@ -208,7 +216,6 @@ def test_random_requirement_scores_range_monotone_varied():
 def test_distortions_grow_with_level():
   reference = siqa._crop(preprocess.load_image(siqa.PRISTINE[0].path()), 32,
                          np.random.default_rng(0))
-  from promptiqa_jax.data.datasets import _fr_measures
   for t, name in enumerate(siqa.DISTORTIONS):
     severities = np.zeros((5, len(siqa.DISTORTIONS)))
     severities[:, t] = np.arange(1, 6)

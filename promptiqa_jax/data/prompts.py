@@ -116,13 +116,13 @@ class EvalBatches:
 
   dataset: str
   split: str
-  num_examples: int
+  num_examples: int                    # records in the split (all processes together)
   batch_size: int
+  num_batches: int                     # on this process
   _ds: grain.IterDataset = dataclasses.field(repr=False)
-  _num_batches: int = 0
 
   def __len__(self) -> int:
-    return self._num_batches
+    return self.num_batches
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return iter(self._ds)
@@ -134,9 +134,11 @@ def eval_batches(config: Any, dataset_name: str, split: Optional[str] = None,
   """The test (default config.eval_split) records of one dataset in padded batches of
   `batch_size` (default config.eval_batch_size), without augmentation; see EvalBatches."""
   split = split or config.eval_split
-  batch_size = int(batch_size or config.eval_batch_size)
+  batch_size = int(config.eval_batch_size if batch_size is None else batch_size)
   if batch_size <= 0:
     raise ValueError(f"eval batch size must be positive, got {batch_size}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
   source = sources.open_dataset(dataset_name, split, config.data_dir)
   if source.is_random:
     raise ValueError(f"{dataset_name!r}: a random requirement cannot be evaluated; name one")
@@ -147,4 +149,4 @@ def eval_batches(config: Any, dataset_name: str, split: Optional[str] = None,
   num_workers = int(config.get("num_workers", 0) if num_workers is None else num_workers)
   ds = pipeline.prefetched(ds, num_workers, int(config.get("read_threads", 1)))
   return EvalBatches(dataset=dataset_name, split=split, num_examples=len(source),
-                     batch_size=batch_size, _ds=ds, _num_batches=local_batches)
+                     batch_size=batch_size, num_batches=local_batches, _ds=ds)

@@ -48,12 +48,12 @@ _PARAMS = {
     "jpeg": _Param(60.0, 6.0, geometric=True),         # JPEG quality
     "contrast": _Param(0.75, 0.15, geometric=False),   # contrast kept around the mean luma
     "desaturate": _Param(0.8, 0.1, geometric=False),   # chroma kept
-    "darken": _Param(1.25, 3.0, geometric=True),        # exposure divided by
-    "brighten": _Param(1.2, 2.5, geometric=True),     # exposure multiplied by (highlights clip)
+    "darken": _Param(1.25, 3.0, geometric=True),       # exposure divided by
+    "brighten": _Param(1.2, 2.5, geometric=True),      # exposure multiplied by (highlights clip)
     "pixelate": _Param(2.0, 6.0, geometric=True),      # block side, pixels at 64 px
 }
 # Camera-pipeline order: optics, exposure, sensor noise, tone and colour processing, resampling,
-# compression. Applying in a fixed order keeps a record reproducible from its severities alone.
+# compression. A fixed order keeps a record reproducible from its severities and noise stream.
 _APPLY_ORDER = ("blur", "darken", "brighten", "noise", "contrast", "desaturate", "pixelate", "jpeg")
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -90,8 +90,7 @@ def _desaturate(x: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray
 
 def _darken(x: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
   del rng
-  # Quantised right away: an under-exposed capture has lost those levels for good.
-  return np.round(x / p)
+  return x / p
 
 
 def _brighten(x: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
@@ -131,7 +130,7 @@ def parameter(distortion: str, severity: float, side: int) -> float:
 
 
 def apply(image: np.ndarray, severities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Distorts uint8 `[S, S, 3]` by `severities` `[T]` (order DISTORTIONS, 0 = absent) -> uint8 `[S, S, 3]`.
+  """Distorts uint8 `[S, S, 3]` by `severities` `[T]` (order DISTORTIONS, 0 = absent) -> same shape.
 
   `rng` feeds the noise only; the rest is a function of the image and the severities.
   """

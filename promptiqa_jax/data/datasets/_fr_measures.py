@@ -2,10 +2,10 @@
 
 Every function takes the pristine image `reference: [S, S, 3]` uint8 and its distorted versions
 `distorted: [N, S, S, 3]` uint8 and returns one value per version, `[N]` float64. They follow the
-published definitions, with two liberties that small images (the benchmark's default is 64 px)
+published definitions, with three liberties that small images (the benchmark's default is 64 px)
 need: filters run with reflected borders instead of dropping a border (a 11x11 window would drop a
-third of a 32-pixel image), GMSD skips its 2x downsampling, and MS-SSIM uses as many scales as leave at least 8 pixels (its
-published weights renormalised over those scales).
+third of a 32-pixel image), GMSD skips its 2x downsampling, and MS-SSIM uses as many scales as leave
+at least 8 pixels (its published weights renormalised over those scales).
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def ssim(reference: np.ndarray, distorted: np.ndarray) -> np.ndarray:
 
 
 def ms_ssim(reference: np.ndarray, distorted: np.ndarray) -> np.ndarray:
-  """Multi-scale SSIM of the luma `[N]`: contrast-structure at every scale, luminance at the coarsest."""
+  """Multi-scale SSIM of the luma `[N]`: contrast-structure at each scale, luminance at the coarsest."""
   y = _luma(distorted)
   x = np.broadcast_to(_luma(reference), y.shape).copy()
   scales = 1
