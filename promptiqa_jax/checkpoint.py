@@ -34,9 +34,19 @@ def save_model(directory: str | os.PathLike, variables: Any, config: ModelConfig
     json.dump(config.to_dict(), f, indent=2)
 
 
-def load_model(directory: str | os.PathLike) -> tuple[dict[str, Any], ModelConfig]:
-  """Reads an exported model directory -> (variables as numpy arrays, ModelConfig)."""
+def resolve_model_dir(directory: str | os.PathLike) -> str:
+  """A model directory, or a training workdir (its `best_model/`, else its final `model/`)."""
   directory = os.path.abspath(directory)
+  if not os.path.isfile(os.path.join(directory, CONFIG_FILE)):
+    for exported in ("best_model", "model"):
+      if os.path.isfile(os.path.join(directory, exported, CONFIG_FILE)):
+        return os.path.join(directory, exported)
+  return directory
+
+
+def load_model(directory: str | os.PathLike) -> tuple[dict[str, Any], ModelConfig]:
+  """Reads a model directory (or a training workdir) -> (variables as numpy, ModelConfig)."""
+  directory = resolve_model_dir(directory)
   config_path = os.path.join(directory, CONFIG_FILE)
   if not os.path.isfile(config_path):
     raise FileNotFoundError(

@@ -24,8 +24,13 @@ def _score(args: argparse.Namespace) -> int:
   # Everything about the prompt is checked before the model is loaded or anything computed.
   try:
     prompt_paths, prompt_scores = score_io.read_prompt_file(args.prompt)
-    prompt_images = [preprocess.load_image(p, args.max_pixels) for p in prompt_paths]
-  except (score_io.PromptFileError, preprocess.ImageError) as err:
+    prompt_images = []
+    for index, path in enumerate(prompt_paths):
+      try:
+        prompt_images.append(preprocess.load_image(path, args.max_pixels))
+      except preprocess.ImageError as err:
+        raise score_io.PromptFileError(f"{args.prompt}: entry {index}: {err}") from err
+  except score_io.PromptFileError as err:
     print(f"error: prompt: {err}", file=sys.stderr)
     return EXIT_USAGE
   paths = score_io.find_images(args.inputs)
@@ -79,8 +84,12 @@ def _prepare(args: argparse.Namespace) -> int:
   from promptiqa_jax.data import catalog
 
   options = {}
-  if args.image_size is not None:
-    options["image_size"] = args.image_size
+  if args.name == "synthetic_iqa":
+    if args.image_size is not None:
+      options["image_size"] = args.image_size
+  else:
+    options["config"] = str(args.image_size) if args.image_size else args.config
+    options["skip_bad_images"] = args.skip_bad_images
   catalog.prepare(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir, **options)
   print(f"prepared {args.name} in {args.data_dir}")
   return 0
@@ -122,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
   prepare.add_argument("name")
   prepare.add_argument("--data-dir", required=True)
   prepare.add_argument("--manual-dir", help="the dataset as downloaded (real datasets)")
-  prepare.add_argument("--image-size", type=int, help="stored image size (synthetic_iqa)")
+  prepare.add_argument("--image-size", type=int,
+                       help="stored square image size (overrides --config for real datasets)")
+  prepare.add_argument("--config", default="224", choices=["224", "full"],
+                       help="real datasets: images resized to 224 (default) or at full size")
+  prepare.add_argument("--skip-bad-images", action="store_true",
+                       help="real datasets: leave out absent/unreadable images, with a warning")
   prepare.set_defaults(run=_prepare)
 
   datasets = commands.add_parser("datasets", help="list datasets and whether they are prepared")

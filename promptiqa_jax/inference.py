@@ -61,12 +61,20 @@ def to_model_input(images: Images, size: int) -> np.ndarray:
     if array.ndim != 4 or array.shape[-1] != 3:
       raise ValueError(f"image arrays must be [N, H, W, 3], got shape {array.shape}")
     if array.dtype == np.uint8:
-      return np.stack([preprocess.preprocess(image, size) for image in array])
+      return _stack([preprocess.preprocess(image, size) for image in array], size)
+    if not np.issubdtype(array.dtype, np.floating):
+      raise ValueError(f"image arrays must be uint8 (0-255) or float (normalised to [-1, 1]), "
+                       f"got {array.dtype}")
     if array.shape[1:3] != (size, size):
       raise ValueError(f"float images must be [N, {size}, {size}, 3] already normalised to [-1, 1]; "
                        f"got {array.shape} (pass uint8 to have them resized)")
     return array.astype(np.float32)
-  return np.stack([preprocess.preprocess(preprocess.load_image(path), size) for path in images])
+  return _stack([preprocess.preprocess(preprocess.load_image(path), size) for path in images], size)
+
+
+def _stack(images: list[np.ndarray], size: int) -> np.ndarray:
+  """`[size, size, 3]` images -> `[N, size, size, 3]`, N = 0 included."""
+  return np.stack(images) if images else np.zeros((0, size, size, 3), np.float32)
 
 
 class PromptIQA:

@@ -16,6 +16,11 @@ class ModelConfig:
   """Sizes of every part of the model. Field names are the ones configs use."""
 
   image_size: int = 224
+  # "vit": the reference (ViT-B/8 taps -> MALs -> CNN head). "vgg16": frozen ImageNet VGG16 stage
+  # statistics and an MLP (models/vgg.py), for small models trained from scratch in minutes.
+  backbone: str = "vit"
+  freeze_backbone: bool = True
+  backbone_hidden: int = 512
   patch_size: int = 8
   vit_width: int = 768
   vit_depth: int = 12
@@ -85,6 +90,14 @@ class ModelConfig:
 
   def validate(self) -> None:
     """Raises ValueError naming the field when the sizes do not fit together."""
+    if self.backbone not in ("vit", "vgg16"):
+      raise ValueError(f"backbone must be 'vit' or 'vgg16', not {self.backbone!r}")
+    if self.score_embedding not in ("repeat", "linear"):
+      raise ValueError(f"score_embedding must be 'repeat' or 'linear', not {self.score_embedding!r}")
+    if self.dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
+    if self.backbone == "vgg16":
+      return
     if self.image_size % self.patch_size:
       raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
     if any(not 0 <= t < self.vit_depth for t in self.taps):
@@ -98,10 +111,6 @@ class ModelConfig:
     if size != 1:
       raise ValueError(f"cnn_head {self.cnn_head} maps the {self.grid}x{self.grid} grid to {size}x{size}, "
                        "not 1x1")
-    if self.score_embedding not in ("repeat", "linear"):
-      raise ValueError(f"score_embedding must be 'repeat' or 'linear', not {self.score_embedding!r}")
-    if self.dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
     if self.num_mals < 1:
       raise ValueError(f"num_mals must be at least 1, not {self.num_mals}")
 

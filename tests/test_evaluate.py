@@ -1,0 +1,270 @@
+"""Evaluation: results, files, the feature cache, prompt controls and the ceiling, on fake datasets.
+
+Most tests use OracleModel: its image features are the record's distortion levels and it reads a
+prompt as the least-squares affine map from features to the prompt's scores. fake_multi's
+requirements are affine in the levels, so every outcome is known: its own prompt (or a flipped
+one) reproduces a requirement exactly, another requirement's prompt reproduces that other
+requirement, and a constant prompt predicts a constant.
+"""
+import collections
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+import fake_iqa
+from fake_iqa import data_config
+from promptiqa_jax import evaluate as ev
+from promptiqa_jax import metrics
+from promptiqa_jax.data import sources
+
+fake_data_dir = fake_iqa.fake_data_dir  # the session-wide fake build
+
+MULTI = ["fake_multi:sharp", "fake_multi:bright", "fake_multi:combo"]  # combo is held out
+SIZE = 12  # data_config's image_size
+
+
+class OracleModel:
+  """FeatureModel with known behaviour (see the module docstring); counts featurised images."""
+
+  def __init__(self, levels_by_image: dict[bytes, np.ndarray]):
+    self._levels = levels_by_image
+    self.featurised: collections.Counter = collections.Counter()
+
+  def image_features(self, images):
+    keys = [np.asarray(image, np.float32).tobytes() for image in images]
+    self.featurised.update(keys)
+    return np.stack([self._levels[k] for k in keys]).astype(np.float32)
+
+  def encode_prompt_features(self, features, scores):
+    design = np.c_[features, np.ones(len(features))]
+    return np.linalg.lstsq(design, np.asarray(scores, np.float64), rcond=None)[0]
+
+  def score_features(self, features, prompt):
+    # Rounded so that equal truths (levels are integers) give equal predictions, not a tie broken
+    # by float error.
+    return np.round(np.c_[features, np.ones(len(features))] @ prompt, 5)
+
+
+@pytest.fixture(scope="module")
+def levels_by_image(fake_data_dir):
+  """fake_multi's records' levels [T] by their preprocessed image's bytes (train and test)."""
+  table = {}
+  for split in ("train", "test"):
+    source = sources.open_dataset("fake_multi", split, fake_data_dir)
+    for index, record in enumerate(source.read(range(len(source)))):
+      image = sources.load_image(source, record, index, SIZE)
+      table[image.tobytes()] = np.asarray(record["levels"], np.float32)
+  assert len(table) == 26  # every image distinct
+  return table
+
+
+def _truth(data_dir, name, split="test"):
+  return sources.open_dataset(name, split, data_dir).all_scores()
+
+
+def _multi_config(data_dir, **overrides):
+  return data_config(data_dir, **{"eval": MULTI, **overrides})
+
+
+def test_prompt_controls_and_ceiling_on_a_known_model(fake_data_dir, levels_by_image):
+  model = OracleModel(levels_by_image)
+  result = ev.evaluate(model, _multi_config(fake_data_dir), split="test", step=7)
+
+  assert result["evaluators"] == ["per_dataset", "prompt_controls", "supervised_ceiling"]
+  for name in MULTI:  # the own prompt reproduces each requirement
+    assert result["datasets"][name]["srcc"] == pytest.approx(1.0)
+    assert result["datasets"][name]["rmse"] == pytest.approx(0.0, abs=1e-5)
+    assert result["datasets"][name]["n"] == 6
+  # The controls run on the held-out requirement only.
+  for section in ("heldout", "flipped_prompt", "mismatched_prompt", "constant_prompt",
+                  "supervised_ceiling"):
+    assert list(result[section]) == ["fake_multi:combo"], section
+  combo = _truth(fake_data_dir, "fake_multi:combo")
+  assert result["heldout"]["fake_multi:combo"] == result["datasets"]["fake_multi:combo"]
+  flipped = result["flipped_prompt"]["fake_multi:combo"]
+  assert flipped["srcc"] == pytest.approx(1.0) and flipped["rmse"] == pytest.approx(0, abs=1e-5)
+
+  # Another requirement's prompt predicts that requirement: metrics of its truth against combo's.
+  others = {n: metrics.quality_metrics(_truth(fake_data_dir, n), combo) for n in MULTI[:2]}
+  mismatched = result["mismatched_prompt"]["fake_multi:combo"]
+  for key in ("srcc", "plcc", "krcc", "rmse"):
+    assert mismatched[key] == pytest.approx(np.mean([m[key] for m in others.values()]), abs=1e-5)
+  assert mismatched["prompts"] == 2
+  assert result["mismatched_prompt_srcc"]["fake_multi:combo"] == pytest.approx(
+      {n: m["srcc"] for n, m in others.items()}, abs=1e-5)
+
+  constant = result["constant_prompt"]["fake_multi:combo"]
+  assert math.isnan(constant["srcc"]) and "constant" in constant["note"]
+  assert constant["rmse"] == pytest.approx(np.sqrt(np.mean((0.5 - combo) ** 2)), abs=1e-5)
+
+  # combo is linear in the features (SRCC is not tested: float error breaks the truth's ties).
+  ceiling = result["supervised_ceiling"]["fake_multi:combo"]
+  assert ceiling["plcc"] == pytest.approx(1.0) and ceiling["rmse"] < 1e-4
+  assert ceiling["penalty"] == min(ev.EVAL_DEFAULTS["ceiling_penalties"])
+
+  summary = result["summary"]
+  assert summary["train_requirements_own_srcc"] == pytest.approx(1.0)
+  assert summary["heldout_own_srcc"] == pytest.approx(1.0)
+  assert summary["heldout_own_minus_mismatched_srcc"] == pytest.approx(1 - mismatched["srcc"])
+  assert summary["heldout_flipped_srcc"] == pytest.approx(1.0)
+  assert summary["heldout_constant_srcc"] is None
+  assert summary["heldout_ceiling_srcc"] == ceiling["srcc"]
+
+  # Every image featurised exactly once: all 6 test records and, for the ceiling, all 20 training
+  # records (the prompts' features come out of those).
+  assert sorted(model.featurised.values()) == [1] * 26
+
+  assert result["step"] == 7 and result["split"] == "test"
+  assert result["prompt"] == {"split": "train", "size": 5, "sampling": "interval", "seed": 0}
+  assert set(result["prompts"]) == set(MULTI)
+
+
+def test_own_prompt_is_the_interval_prompt(fake_data_dir, levels_by_image):
+  config = _multi_config(fake_data_dir, eval=["fake_multi:sharp"], prompt_size=4)
+  result = ev.evaluate(OracleModel(levels_by_image), config, split="test")
+  train = _truth(fake_data_dir, "fake_multi:sharp", "train")
+  indices = np.asarray(result["prompts"]["fake_multi:sharp"]["indices"])
+  np.testing.assert_array_equal(indices, ev.prompts_lib.select_prompt(train, 4, "interval"))
+  np.testing.assert_array_equal(result["prompts"]["fake_multi:sharp"]["scores"], train[indices])
+
+
+def test_prompt_features_once_without_the_ceiling(fake_data_dir, levels_by_image):
+  model = OracleModel(levels_by_image)
+  settings = ml_collections.ConfigDict({"evaluators": ["per_dataset", "prompt_controls"],
+                                        "controls_on": "all"})
+  result = ev.evaluate(model, _multi_config(fake_data_dir), settings, split="test")
+  assert list(result["flipped_prompt"]) == MULTI and "supervised_ceiling" not in result
+  assert list(result["heldout"]) == ["fake_multi:combo"]
+  prompt_records = set()
+  for prompt in result["prompts"].values():
+    prompt_records.update(np.asarray(prompt["indices"]).tolist())
+  # 3 prompts of 5 (sharing records) and 3 x 2 mismatched prompts reuse the same features.
+  assert sorted(model.featurised.values()) == [1] * (6 + len(prompt_records))
+
+
+def test_files_table_and_plots(fake_data_dir, levels_by_image, tmp_path):
+  result = ev.evaluate(OracleModel(levels_by_image), _multi_config(fake_data_dir), split="test",
+                       step=12, out_dir=tmp_path)
+  with open(tmp_path / "eval" / "step_12.json") as f:
+    written = json.load(f)  # strict JSON: NaN became null
+  assert written["step"] == 12
+  assert written["constant_prompt"]["fake_multi:combo"]["srcc"] is None
+  assert written["datasets"]["fake_multi:sharp"]["srcc"] == pytest.approx(1.0)
+  assert set(written["datasets"]["fake_multi:sharp"]) == {"srcc", "plcc", "krcc", "rmse", "n"}
+  assert written["metric_notes"]["plcc"].startswith("Pearson")
+  plots = sorted(os.listdir(tmp_path / "eval" / "plots"))
+  assert plots == ["fake_multi_bright_step_12.png", "fake_multi_combo_step_12.png",
+                   "fake_multi_sharp_step_12.png"]
+  assert (tmp_path / "eval" / "plots" / plots[0]).read_bytes()[:4] == b"\x89PNG"
+
+  path = ev.write_results(result, tmp_path, "final")
+  assert path == str(tmp_path / "eval" / "final.json")
+
+  table = ev.format_table(result)
+  assert "fake_multi:combo" in table and "step 12" in table and "nan" in table
+  assert "heldout_own_minus_mismatched_srcc" in table
+  assert "Pearson without logistic fitting" in table
+
+
+def test_evaluator_choice_and_errors(fake_data_dir):
+  auto = ev.eval_settings(None)
+  assert ev.evaluator_names(auto, ["fake_iqa_a"]) == ["per_dataset"]
+  assert ev.evaluator_names(auto, MULTI) == ["per_dataset", "prompt_controls",
+                                             "supervised_ceiling"]
+  chosen = ev.eval_settings(ml_collections.ConfigDict({"evaluators": "per_dataset, "
+                                                                     "supervised_ceiling"}))
+  assert ev.evaluator_names(chosen, MULTI) == ["per_dataset", "supervised_ceiling"]
+  with pytest.raises(ValueError, match="unknown or none.*'nope'"):
+    ev.evaluator_names(ev.eval_settings(ml_collections.ConfigDict({"evaluators": ["nope"]})), [])
+  with pytest.raises(ValueError, match="Unknown config.eval field.*'folds'"):
+    ev.eval_settings(ml_collections.ConfigDict({"folds": 3}))
+  with pytest.raises(ValueError, match="controls_on"):
+    ev.eval_settings(ml_collections.ConfigDict({"controls_on": "some"}))
+
+  class Sized:
+    config = ml_collections.ConfigDict({"image_size": 224})
+
+  with pytest.raises(ValueError, match="image_size is 12 but the model takes 224"):
+    ev.evaluate(Sized(), _multi_config(fake_data_dir), split="test")
+  with pytest.raises(ValueError, match="Prompt for dataset 'fake_iqa_small'.*5 pairs from 3"):
+    ev.evaluate(OracleModel({}), data_config(fake_data_dir, eval=["fake_iqa_small"]),
+                split="test")
+
+
+def test_ridge_recovers_a_linear_map():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(200, 5)) * [1, 10, 0.1, 1, 1] + 3
+  x[:, 4] = 2.0  # a constant feature is harmless
+  y = x[:, :4] @ [0.5, -0.02, 3.0, 0.0] + 1.0
+  penalty, errors = ev.ridge_cv(x, y, [1e-8, 1e-2, 10.0], folds=5)
+  assert penalty == 1e-8 and errors[0] < 1e-10 and np.all(np.diff(errors) > 0)
+  ridge = ev.fit_ridge(x, y, penalty)
+  np.testing.assert_allclose(ridge.predict(x[:5]), y[:5], atol=1e-5)
+  # Pure noise: the strongest penalty (predict the mean) generalises best.
+  penalty, _ = ev.ridge_cv(x, rng.normal(size=200), [1e-8, 1e-2, 10.0], folds=5)
+  assert penalty == 10.0
+  with pytest.raises(ValueError, match="8 training records are too few for 5-fold"):
+    ev.ridge_cv(x[:8], y[:8], [1.0], folds=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  from promptiqa_jax.inference import PromptIQA
+  from promptiqa_jax.models.config import ModelConfig
+  from promptiqa_jax.models.promptiqa import PromptIQA as Module
+
+  config = ModelConfig.tiny(image_size=16, patch_size=2)
+  images = np.zeros((1, 2, 16, 16, 3), np.float32)
+  variables = Module(config).init(jax.random.key(0), images, np.zeros((1, 2), np.float32))
+  return PromptIQA(variables, config, batch_size=8)
+
+
+def test_a_real_tiny_model_end_to_end(fake_data_dir, tiny_model, tmp_path):
+  names = ["fake_iqa_a", "fake_multi:sharp", "fake_multi:combo"]
+  config = data_config(fake_data_dir, eval=names, image_size=16, eval_batch_size=4)
+  result = ev.evaluate(tiny_model, config, split="test", step=0, out_dir=tmp_path)
+  assert list(result["datasets"]) == names
+  assert [result["datasets"][n]["n"] for n in names] == [7, 6, 6]
+  assert list(result["mismatched_prompt"]) == ["fake_multi:combo"]  # other datasets' prompts too
+  assert result["mismatched_prompt"]["fake_multi:combo"]["prompts"] == 2
+  for name in names:
+    assert 0.0 <= result["datasets"][name]["rmse"] <= 1.0
+  assert (tmp_path / "eval" / "step_0.json").is_file()
+  assert len(os.listdir(tmp_path / "eval" / "plots")) == 3
+
+
+def test_the_program(fake_data_dir, tiny_model, tmp_path):
+  tiny_model.save(tmp_path / "model")
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  (tmp_path / "config.py").write_text(textwrap.dedent(f"""
+      import sys
+      import ml_collections
+      sys.path.insert(0, {tests_dir!r})
+      import fake_iqa
+
+      def get_config():
+        fake_iqa.register_all()  # the program runs in its own process
+        config = ml_collections.ConfigDict()
+        config.data = fake_iqa.data_config({fake_data_dir!r}, eval={MULTI!r}, image_size=16)
+        return config
+      """))
+  workdir = tmp_path / "work"
+  run = subprocess.run(
+      [sys.executable, "-m", "promptiqa_jax.evaluate", f"--config={tmp_path / 'config.py'}",
+       f"--workdir={workdir}", f"--checkpoint={tmp_path / 'model'}", "--split=test",
+       "--config.data.prompt_size=4", "--noplots"],
+      capture_output=True, text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "fake_multi:combo" in run.stdout and "summary" in run.stdout
+  with open(workdir / "eval" / "final.json") as f:
+    result = json.load(f)
+  assert result["prompt"]["size"] == 4 and result["step"] is None
+  assert "supervised_ceiling" in result and not (workdir / "eval" / "plots").exists()
