@@ -19,7 +19,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       async_checkpointing=True,
       eval_every=2000,  # 0: only the final evaluation
-      best_metric="summary.mean_srcc",  # the validation metric that picks best_model/
+      best_metric="summary.all_datasets_own_srcc",  # the validation metric that picks best_model/
       final_split="test",
       final_eval=True,
   ))

@@ -52,7 +52,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.train = common.train_config()
   config.mesh = common.mesh_config()
   config.init = common.init_config()
-  config.eval = ml_collections.ConfigDict(dict(evaluators=["per_dataset"], plots=True))
+  config.eval = ml_collections.ConfigDict(dict(evaluators="auto"))
   if smoke:
     data.train = ["koniq10k", "live"]
     data.eval = list(data.train)
@@ -64,5 +64,4 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.optim.epochs = 2
     config.train.update(num_steps=3, log_every=1, checkpoint_every=2, eval_every=0,
                         async_checkpointing=False)
-    config.eval.plots = False
   return config

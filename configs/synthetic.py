@@ -72,7 +72,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.data = get_data_config(smoke=smoke)
   config.data.image_size = config.model.image_size
   config.data.num_workers = 0
-  config.data.groups_per_batch = 2 if smoke else 8
+  config.data.groups_per_batch = 2 if smoke else 4
   config.optim = common.optim_config(lr=1e-3, weight_decay=0.0, epochs=2 if smoke else 4,
                                      warmup_steps=0 if smoke else 20)
   config.train = common.train_config(
@@ -81,5 +81,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       async_checkpointing=not smoke)
   config.mesh = common.mesh_config()
   config.init = common.init_config()
-  config.eval = ml_collections.ConfigDict(dict(plots=not smoke))
+  config.eval = ml_collections.ConfigDict(dict(evaluators="auto", controls_on="heldout"))
   return config

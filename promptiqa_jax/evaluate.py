@@ -48,6 +48,7 @@ config.eval fields (all optional; `eval_settings` fills the defaults):
   ceiling_folds      5: folds of the ridge penalty's cross-validation
   ceiling_penalties  (1e-6, ..., 1e3): per-sample ridge penalties tried
   logistic_plcc      False: also report "plcc_logistic" (4-parameter logistic fit, then Pearson)
+  plots              True: write the scatter plots (evaluate's `plots` argument overrides it)
 """
 from __future__ import annotations
 
@@ -75,10 +76,9 @@ EVAL_DEFAULTS = {
     "ceiling_folds": 5,
     "ceiling_penalties": tuple(10.0 ** k for k in range(-6, 4)),
     "logistic_plcc": False,
+    "plots": True,
 }
 CONTROLS_ON = ("heldout", "all")
-# config.eval fields that the training loop reads (how often to evaluate), not evaluate.
-TRAINING_LOOP_FIELDS = ("every_steps",)
 # Where evaluate puts its files under the workdir.
 EVAL_DIR = "eval"
 PLOTS_DIR = "plots"
@@ -106,11 +106,10 @@ class FeatureModel(Protocol):
 
 def eval_settings(eval_config: Optional[Any] = None) -> ml_collections.ConfigDict:
   """`config.eval` (or None) with EVAL_DEFAULTS filled in and checked; ValueError naming the
-  field. Fields in TRAINING_LOOP_FIELDS are allowed and left to the training loop."""
+  field."""
   values = dict(EVAL_DEFAULTS)
   if eval_config is not None:
     unknown = sorted(set(eval_config.keys()) - set(EVAL_DEFAULTS))
-    unknown = [k for k in unknown if k not in TRAINING_LOOP_FIELDS]
     if unknown:
       raise ValueError(f"Unknown config.eval field(s) {unknown}; known: {sorted(EVAL_DEFAULTS)}")
     values.update({k: eval_config[k] for k in EVAL_DEFAULTS if k in eval_config})
@@ -664,14 +663,15 @@ def format_table(result: dict[str, Any]) -> str:
 def evaluate(model: FeatureModel, data_config: Any, eval_config: Optional[Any] = None, *,
              split: Optional[str] = None, step: Optional[int] = 0,
              out_dir: Optional[str | os.PathLike] = None, name: Optional[str] = None,
-             plots: bool = True) -> dict[str, Any]:
+             plots: Optional[bool] = None) -> dict[str, Any]:
   """Evaluates `model` on every dataset of `data_config.eval` (see the module docstring).
 
   data_config: config.data (eval, eval_split, train_split, prompt_size, prompt_sampling, seed,
     image_size, eval_batch_size, data_dir, num_workers). eval_config: config.eval or None.
   split: the evaluated split (default data_config.eval_split). step: recorded in the result.
   out_dir: the workdir; when given, process 0 writes out_dir/eval/<name>.json (name default
-    "step_<step>") and, with `plots`, out_dir/eval/plots/<dataset>_<name>.png.
+    "step_<step>") and, with `plots` (default config.eval.plots),
+    out_dir/eval/plots/<dataset>_<name>.png.
   Returns the result (NaN where a metric is undefined), the same on every process.
   """
   settings = eval_settings(eval_config)
@@ -702,7 +702,7 @@ def evaluate(model: FeatureModel, data_config: Any, eval_config: Optional[Any] =
   if out_dir is not None and jax.process_index() == 0:
     name = name or f"step_{step}"
     path = write_results(result, out_dir, name)
-    if plots:
+    if settings.plots if plots is None else plots:
       write_plots(ctx, result, out_dir, name)
     logging.info("Wrote %s", path)
   return result
@@ -721,26 +721,36 @@ def _define_flags() -> None:
   flags.DEFINE_string("split", None, "Split to evaluate (default config.data.eval_split).")
   flags.DEFINE_string("name", "final", "Result name: WORKDIR/eval/NAME.json.")
   flags.DEFINE_integer("step", None, "Training step to record in the result, if known.")
-  flags.DEFINE_bool("plots", True, "Write a scatter plot per dataset.")
+  flags.DEFINE_bool("plots", None, "Write a scatter plot per dataset (default config.eval.plots).")
   flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config: Any, workdir: str | os.PathLike, checkpoint: Optional[str | os.PathLike] = None,
+        split: Optional[str] = None, name: str = "final", step: Optional[int] = None,
+        plots: Optional[bool] = None) -> dict[str, Any]:
+  """The program: loads the model from `checkpoint` (default: the workdir), evaluates it with
+  `config` (config.data, config.eval), writes WORKDIR/eval/<name>.json and prints the table
+  (process 0). Returns the result."""
+  from promptiqa_jax.inference import PromptIQA
+
+  model = PromptIQA.from_checkpoint(checkpoint or workdir,
+                                    batch_size=int(config.data.eval_batch_size))
+  result = evaluate(model, config.data, config.get("eval"), split=split, step=step,
+                    out_dir=workdir, name=name, plots=plots)
+  if jax.process_index() == 0:
+    print(format_table(result))
+  return result
 
 
 def main(argv: Sequence[str]) -> None:
   from absl import app
   from absl import flags
 
-  from promptiqa_jax.inference import PromptIQA
-
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   FLAGS = flags.FLAGS
-  config = FLAGS.config
-  model = PromptIQA.from_checkpoint(FLAGS.checkpoint or FLAGS.workdir,
-                                    batch_size=int(config.data.eval_batch_size))
-  result = evaluate(model, config.data, config.get("eval"), split=FLAGS.split, step=FLAGS.step,
-                    out_dir=FLAGS.workdir, name=FLAGS.name, plots=FLAGS.plots)
-  if jax.process_index() == 0:
-    print(format_table(result))
+  run(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.split, FLAGS.name, FLAGS.step,
+      FLAGS.plots)
 
 
 if __name__ == "__main__":

@@ -308,10 +308,10 @@ class _Evaluator:
     from promptiqa_jax import evaluate
 
     scorer, variables = self._scorer(state)
-    result = evaluate.evaluate(scorer, self.config, split=split, step=step,
-                               out_dir=self.workdir if jax.process_index() == 0 else None)
-    value = evaluate.lookup_metric(result, self.metric)
-    if jax.process_index() == 0 and value > self.best:
+    result = evaluate.evaluate(scorer, self.config.data, self.config.eval, split=split, step=step,
+                               out_dir=self.workdir, plots=False)
+    value = _lookup(result, self.metric)
+    if jax.process_index() == 0 and np.isfinite(value) and value > self.best:
       self.best = value
       _export(variables, self.model_config, os.path.join(self.workdir, "best_model"))
     return result
@@ -323,11 +323,21 @@ class _Evaluator:
     if self.config.train.get("final_eval", True):
       from promptiqa_jax import evaluate
 
-      result = evaluate.evaluate(scorer, self.config, split=self.config.train.final_split,
-                                 step=step, out_dir=self.workdir if jax.process_index() == 0
-                                 else None, name="final")
+      result = evaluate.evaluate(scorer, self.config.data, self.config.eval,
+                                 split=self.config.train.final_split, step=step,
+                                 out_dir=self.workdir, name="final")
       if jax.process_index() == 0:
         print(evaluate.format_table(result), flush=True)
+
+
+def _lookup(result: dict[str, Any], dotted: str) -> float:
+  """A metric of an evaluation result by its dotted path, e.g. "summary.all_datasets_own_srcc"."""
+  value: Any = result
+  for key in dotted.split("."):
+    if not isinstance(value, dict) or key not in value:
+      raise KeyError(f"config.train.best_metric {dotted!r}: no {key!r} in the evaluation result")
+    value = value[key]
+  return float("nan") if value is None else float(value)
 
 
 def _export(variables: Any, model_config: ModelConfig, directory: str) -> None:

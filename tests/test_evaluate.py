@@ -215,22 +215,15 @@ def test_ridge_recovers_a_linear_map():
     ev.ridge_cv(x[:8], y[:8], [1.0], folds=5)
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
-  from promptiqa_jax.inference import PromptIQA
-  from promptiqa_jax.models.config import ModelConfig
-  from promptiqa_jax.models.promptiqa import PromptIQA as Module
-
-  config = ModelConfig.tiny(image_size=16, patch_size=2)
-  images = np.zeros((1, 2, 16, 16, 3), np.float32)
-  variables = Module(config).init(jax.random.key(0), images, np.zeros((1, 2), np.float32))
-  return PromptIQA(variables, config, batch_size=8)
+def _tiny_config(data_dir, **overrides):
+  """A data config for conftest's tiny_model (32 x 32 inputs, its batch size 3)."""
+  return data_config(data_dir, **{"image_size": 32, "eval_batch_size": 3, **overrides})
 
 
 def test_a_real_tiny_model_end_to_end(fake_data_dir, tiny_model, tmp_path):
   names = ["fake_iqa_a", "fake_multi:sharp", "fake_multi:combo"]
-  config = data_config(fake_data_dir, eval=names, image_size=16, eval_batch_size=4)
-  result = ev.evaluate(tiny_model, config, split="test", step=0, out_dir=tmp_path)
+  result = ev.evaluate(tiny_model, _tiny_config(fake_data_dir, eval=names), split="test",
+                       out_dir=tmp_path)
   assert list(result["datasets"]) == names
   assert [result["datasets"][n]["n"] for n in names] == [7, 6, 6]
   assert list(result["mismatched_prompt"]) == ["fake_multi:combo"]  # other datasets' prompts too
@@ -241,8 +234,24 @@ def test_a_real_tiny_model_end_to_end(fake_data_dir, tiny_model, tmp_path):
   assert len(os.listdir(tmp_path / "eval" / "plots")) == 3
 
 
-def test_the_program(fake_data_dir, tiny_model, tmp_path):
-  tiny_model.save(tmp_path / "model")
+def test_the_program_function(fake_data_dir, tiny_model, tmp_path, monkeypatch, capsys):
+  from promptiqa_jax.inference import PromptIQA
+
+  loaded = []
+  monkeypatch.setattr(PromptIQA, "from_checkpoint",
+                      classmethod(lambda cls, path, **kw: loaded.append(path) or tiny_model))
+  config = ml_collections.ConfigDict({"data": _tiny_config(fake_data_dir, eval=MULTI)})
+  result = ev.run(config, tmp_path, split="test", plots=False)
+  assert loaded == [tmp_path]  # the workdir, with no checkpoint given
+  assert "fake_multi:combo" in capsys.readouterr().out
+  with open(tmp_path / "eval" / "final.json") as f:
+    assert json.load(f)["summary"] == ev._jsonable(result["summary"])
+  assert not (tmp_path / "eval" / "plots").exists()
+
+
+@pytest.mark.slow
+def test_the_program(fake_data_dir, tiny_model_dir, tmp_path):
+  """`python -m promptiqa_jax.evaluate` with flags and a config override, in its own process."""
   tests_dir = os.path.dirname(os.path.abspath(__file__))
   (tmp_path / "config.py").write_text(textwrap.dedent(f"""
       import sys
@@ -253,15 +262,15 @@ def test_the_program(fake_data_dir, tiny_model, tmp_path):
       def get_config():
         fake_iqa.register_all()  # the program runs in its own process
         config = ml_collections.ConfigDict()
-        config.data = fake_iqa.data_config({fake_data_dir!r}, eval={MULTI!r}, image_size=16)
+        config.data = fake_iqa.data_config({fake_data_dir!r}, eval={MULTI!r}, image_size=32)
         return config
       """))
   workdir = tmp_path / "work"
   run = subprocess.run(
       [sys.executable, "-m", "promptiqa_jax.evaluate", f"--config={tmp_path / 'config.py'}",
-       f"--workdir={workdir}", f"--checkpoint={tmp_path / 'model'}", "--split=test",
+       f"--workdir={workdir}", f"--checkpoint={tiny_model_dir}", "--split=test",
        "--config.data.prompt_size=4", "--noplots"],
-      capture_output=True, text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+      capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert run.returncode == 0, run.stderr[-3000:]
   assert "fake_multi:combo" in run.stdout and "summary" in run.stdout
   with open(workdir / "eval" / "final.json") as f:

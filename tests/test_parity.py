@@ -121,7 +121,7 @@ def test_prompt_encoder_fusion_and_query_blocks(tiny):
                "blocks + norm + score_block")
 
 
-def compare_api(model: PromptIQA, reference, images, scores, atol=ATOL):
+def compare_api(model: PromptIQA, reference, images, scores, atol=ATOL, vectors_relative=False):
   """Prompt vectors, scores with a cached prompt and the training-form forward, via the API."""
   prompt_images, queries = images[0], images[1]
   with torch.no_grad():
@@ -131,7 +131,8 @@ def compare_api(model: PromptIQA, reference, images, scores, atol=ATOL):
                                                  reference.fuse_prompt(vectors))
     expected_groups = reference(nchw(images), torch.from_numpy(scores))
   prompt = model.encode_prompt(prompt_images, scores[0])
-  assert_close(prompt.vectors, vectors.numpy(), "prompt vectors", atol)
+  vector_atol = atol * np.abs(vectors.numpy()).max() if vectors_relative else atol
+  assert_close(prompt.vectors, vectors.numpy(), "prompt vectors", vector_atol)
   assert_close(model.score(queries, prompt), expected_scores.numpy(), "scores", atol)
   assert_close(model.group_forward(images, scores), expected_groups.numpy(),
                "training-form forward", atol)
@@ -209,4 +210,9 @@ def test_whole_model_paper_size(tmp_path):
   rng = np.random.default_rng(12)
   images = rng.uniform(-1, 1, (2, 2, 224, 224, 3)).astype(np.float32)
   scores = rng.uniform(0, 1, (2, 2)).astype(np.float32)
-  compare_api(model, reference, images, scores)
+  # Scores and the training-form forward meet 1e-5 absolute (measured 1.4e-6 and 1.7e-6). The
+  # prompt vectors (magnitude ~4.5 here) carry the image features' float32 rounding: with these
+  # random weights the MAL spatial-attention logits reach ~300 (no scaling in the reference), so
+  # one MAL in PyTorch float32 differs from PyTorch float64 by 2e-4, as much as JAX does. The
+  # vectors measured 3.2e-5 absolute, 7e-6 relative; they are held to 1e-5 relative.
+  compare_api(model, reference, images, scores, vectors_relative=True)
