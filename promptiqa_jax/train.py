@@ -50,8 +50,8 @@ def model_config_of(config: ml_collections.ConfigDict) -> ModelConfig:
 
 def trainable_fn(model_config: ModelConfig) -> Callable[[tuple[str, ...]], bool] | None:
   """Which parameters the optimiser updates (None: all)."""
-  if model_config.backbone == "vgg16" and model_config.freeze_backbone:
-    return lambda path: path[:2] != ("backbone", "vgg")
+  if model_config.backbone != "vit" and model_config.freeze_backbone:
+    return lambda path: path[:2] != ("backbone", "cnn")
   return None
 
 
@@ -75,10 +75,11 @@ def init_variables(model: PromptIQA, model_config: ModelConfig, init: Any, rng: 
 
     variables["params"] = merge_backbone(variables["params"],
                                          load_vit_backbone(init.pretrained_vit, model_config))
-  if model_config.backbone == "vgg16":
-    from promptiqa_jax.models.vgg import load_vgg16_params
+  if model_config.backbone != "vit":
+    from promptiqa_jax.models.lpips_backbones import load_cnn_params
 
-    variables["params"]["backbone"]["vgg"] = load_vgg16_params(init.get("vgg16_weights") or None)
+    variables["params"]["backbone"]["cnn"] = load_cnn_params(model_config.backbone,
+                                                             init.get("cnn_weights") or None)
   return variables
 
 

@@ -40,8 +40,9 @@ class OracleModel:
 
   def image_features(self, images):
     keys = [np.asarray(image, np.float32).tobytes() for image in images]
-    self.featurised.update(keys)
-    return np.stack([self._levels[k] for k in keys]).astype(np.float32)
+    # Evaluation batches are padded with blank images; only record images are counted.
+    self.featurised.update(k for k in keys if k in self._levels)
+    return np.stack([self._levels.get(k, np.zeros(2)) for k in keys]).astype(np.float32)
 
   def encode_prompt_features(self, features, scores):
     design = np.c_[features, np.ones(len(features))]
@@ -194,6 +195,8 @@ def test_evaluator_choice_and_errors(fake_data_dir):
 
   with pytest.raises(ValueError, match="image_size is 12 but the model takes 224"):
     ev.evaluate(Sized(), _multi_config(fake_data_dir), split="test")
+  with pytest.raises(ValueError, match="'fake_multi:random' draws a random requirement"):
+    ev.evaluate(OracleModel({}), data_config(fake_data_dir, eval=["fake_multi:random"]))
   with pytest.raises(ValueError, match="Prompt for dataset 'fake_iqa_small'.*5 pairs from 3"):
     ev.evaluate(OracleModel({}), data_config(fake_data_dir, eval=["fake_iqa_small"]),
                 split="test")
@@ -215,14 +218,38 @@ def test_ridge_recovers_a_linear_map():
     ev.ridge_cv(x[:8], y[:8], [1.0], folds=5)
 
 
-def _tiny_config(data_dir, **overrides):
-  """A data config for conftest's tiny_model (32 x 32 inputs, its batch size 3)."""
-  return data_config(data_dir, **{"image_size": 32, "eval_batch_size": 3, **overrides})
+# ModelConfig.tiny shrunk further so that its three functions compile in seconds: one ViT block,
+# one MAL, one layer per prompt transformer. (conftest's tiny_model takes far longer to build.)
+SMALL = dict(image_size=16, patch_size=2, vit_depth=1, taps=(0,), num_mals=1, pair_depth=1,
+             prompt_fusion_depth=1, query_depth=1)
 
 
-def test_a_real_tiny_model_end_to_end(fake_data_dir, tiny_model, tmp_path):
+@pytest.fixture(scope="module")
+def small_model():
+  """A random PromptIQA of SMALL sizes (random arrays in the variables' shapes: no init compile)."""
+  from promptiqa_jax.inference import PromptIQA
+  from promptiqa_jax.interop.convert import abstract_variables
+  from promptiqa_jax.models.config import ModelConfig
+
+  config = ModelConfig.tiny(**SMALL)
+  rng = np.random.default_rng(0)
+
+  def leaf(path, shape):
+    if jax.tree_util.keystr(path).endswith("['var']"):  # BatchNorm variances stay positive
+      return np.ones(shape.shape, shape.dtype)
+    return (0.2 * rng.normal(size=shape.shape)).astype(shape.dtype)
+
+  variables = jax.tree_util.tree_map_with_path(leaf, abstract_variables(config))
+  return PromptIQA(variables, config, batch_size=4)
+
+
+def _small_config(data_dir, **overrides):
+  return data_config(data_dir, **{"image_size": 16, "eval_batch_size": 4, **overrides})
+
+
+def test_a_real_model_end_to_end(fake_data_dir, small_model, tmp_path):
   names = ["fake_iqa_a", "fake_multi:sharp", "fake_multi:combo"]
-  result = ev.evaluate(tiny_model, _tiny_config(fake_data_dir, eval=names), split="test",
+  result = ev.evaluate(small_model, _small_config(fake_data_dir, eval=names), split="test",
                        out_dir=tmp_path)
   assert list(result["datasets"]) == names
   assert [result["datasets"][n]["n"] for n in names] == [7, 6, 6]
@@ -234,13 +261,13 @@ def test_a_real_tiny_model_end_to_end(fake_data_dir, tiny_model, tmp_path):
   assert len(os.listdir(tmp_path / "eval" / "plots")) == 3
 
 
-def test_the_program_function(fake_data_dir, tiny_model, tmp_path, monkeypatch, capsys):
+def test_the_program_function(fake_data_dir, small_model, tmp_path, monkeypatch, capsys):
   from promptiqa_jax.inference import PromptIQA
 
   loaded = []
   monkeypatch.setattr(PromptIQA, "from_checkpoint",
-                      classmethod(lambda cls, path, **kw: loaded.append(path) or tiny_model))
-  config = ml_collections.ConfigDict({"data": _tiny_config(fake_data_dir, eval=MULTI)})
+                      classmethod(lambda cls, path, **kw: loaded.append(path) or small_model))
+  config = ml_collections.ConfigDict({"data": _small_config(fake_data_dir, eval=MULTI)})
   result = ev.run(config, tmp_path, split="test", plots=False)
   assert loaded == [tmp_path]  # the workdir, with no checkpoint given
   assert "fake_multi:combo" in capsys.readouterr().out
@@ -250,8 +277,9 @@ def test_the_program_function(fake_data_dir, tiny_model, tmp_path, monkeypatch, 
 
 
 @pytest.mark.slow
-def test_the_program(fake_data_dir, tiny_model_dir, tmp_path):
+def test_the_program(fake_data_dir, small_model, tmp_path):
   """`python -m promptiqa_jax.evaluate` with flags and a config override, in its own process."""
+  small_model.save(tmp_path / "model")
   tests_dir = os.path.dirname(os.path.abspath(__file__))
   (tmp_path / "config.py").write_text(textwrap.dedent(f"""
       import sys
@@ -262,13 +290,13 @@ def test_the_program(fake_data_dir, tiny_model_dir, tmp_path):
       def get_config():
         fake_iqa.register_all()  # the program runs in its own process
         config = ml_collections.ConfigDict()
-        config.data = fake_iqa.data_config({fake_data_dir!r}, eval={MULTI!r}, image_size=32)
+        config.data = fake_iqa.data_config({fake_data_dir!r}, eval={MULTI!r}, image_size=16)
         return config
       """))
   workdir = tmp_path / "work"
   run = subprocess.run(
       [sys.executable, "-m", "promptiqa_jax.evaluate", f"--config={tmp_path / 'config.py'}",
-       f"--workdir={workdir}", f"--checkpoint={tiny_model_dir}", "--split=test",
+       f"--workdir={workdir}", f"--checkpoint={tmp_path / 'model'}", "--split=test",
        "--config.data.prompt_size=4", "--noplots"],
       capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert run.returncode == 0, run.stderr[-3000:]

@@ -34,16 +34,16 @@ def test_score_with_prompts_is_stored_without_outputs():
 
 @pytest.mark.parametrize("cwd", [REPO, NOTEBOOKS], ids=["from_repo_root", "from_notebooks"])
 def test_score_with_prompts_runs(cwd, tiny_model_dir, kernel_compile_cache, monkeypatch):
-  # The kernel inherits the environment: the saved tiny model instead of building one, and the cache.
+  # The kernel inherits the environment: the saved tiny model (not built again) and the cache.
   monkeypatch.setenv("PROMPTIQA_MODEL_DIR", tiny_model_dir)
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", kernel_compile_cache)
   notebook = nbformat.read(SCORE_WITH_PROMPTS, as_version=4)
   NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                  resources={"metadata": {"path": cwd}}).execute()
-  text = "".join(output.get("text", "") for cell in _code_cells(notebook) for output in cell.outputs)
+  outputs = [output for cell in _code_cells(notebook) for output in cell.outputs]
+  text = "".join(output.get("text", "") for output in outputs)
   assert f"model loaded from {tiny_model_dir}" in text
   assert "prompt 'sharp = good': queries best to worst" in text
   assert "prompt 'blurred = good': queries best to worst" in text
-  images = [output for cell in _code_cells(notebook) for output in cell.outputs
-            if "image/png" in output.get("data", {})]
-  assert len(images) == 2  # the prompt and the scored queries
+  figures = [output for output in outputs if "image/png" in output.get("data", {})]
+  assert len(figures) == 2  # the prompt, and the queries with their scores

@@ -16,8 +16,8 @@ class ModelConfig:
   """Sizes of every part of the model. Field names are the ones configs use."""
 
   image_size: int = 224
-  # "vit": the reference (ViT-B/8 taps -> MALs -> CNN head). "vgg16": frozen ImageNet VGG16 stage
-  # statistics and an MLP (models/vgg.py), for small models trained from scratch in minutes.
+  # "vit": the reference (ViT-B/8 taps -> MALs -> CNN head). "alexnet" / "vgg16": frozen ImageNet
+  # CNN stage statistics and an MLP (models/lpips_backbones.py), for small models trained in minutes.
   backbone: str = "vit"
   freeze_backbone: bool = True
   backbone_hidden: int = 512
@@ -90,13 +90,13 @@ class ModelConfig:
 
   def validate(self) -> None:
     """Raises ValueError naming the field when the sizes do not fit together."""
-    if self.backbone not in ("vit", "vgg16"):
-      raise ValueError(f"backbone must be 'vit' or 'vgg16', not {self.backbone!r}")
+    if self.backbone not in ("vit", "alexnet", "vgg16"):
+      raise ValueError(f"backbone must be 'vit', 'alexnet' or 'vgg16', not {self.backbone!r}")
     if self.score_embedding not in ("repeat", "linear"):
       raise ValueError(f"score_embedding must be 'repeat' or 'linear', not {self.score_embedding!r}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
-    if self.backbone == "vgg16":
+    if self.backbone != "vit":
       return
     if self.image_size % self.patch_size:
       raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")

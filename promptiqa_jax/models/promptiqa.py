@@ -16,7 +16,7 @@ import numpy as np
 
 from promptiqa_jax.models.config import ModelConfig
 from promptiqa_jax.models.mal import MAL
-from promptiqa_jax.models.vgg import VGGQualityEncoder
+from promptiqa_jax.models.lpips_backbones import CNNStatsEncoder
 from promptiqa_jax.models.vit import Block, VisionTransformer, layer_norm
 
 
@@ -83,9 +83,9 @@ class PromptIQA(nn.Module):
   def setup(self):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    if cfg.backbone == "vgg16":
-      self.backbone = VGGQualityEncoder(cfg.prompt_width, cfg.backbone_hidden, cfg.freeze_backbone,
-                                        dtype)
+    if cfg.backbone != "vit":
+      self.backbone = CNNStatsEncoder(cfg.backbone, cfg.prompt_width, cfg.backbone_hidden,
+                                      cfg.freeze_backbone, dtype)
     else:
       self.vit = VisionTransformer(cfg.patch_size, cfg.vit_width, cfg.vit_depth, cfg.vit_heads,
                                    cfg.taps, cfg.mlp_ratio, dtype)
@@ -113,7 +113,7 @@ class PromptIQA(nn.Module):
   def image_features(self, images: jax.Array, train: bool = False) -> jax.Array:
     """`images: [N, H, W, 3]` in [-1, 1] -> image features f(x) `[N, D]` (float32)."""
     dtype = jnp.dtype(self.config.dtype)
-    if self.config.backbone == "vgg16":
+    if self.config.backbone != "vit":
       return self.backbone(images)
     taps = self.vit(images.astype(dtype))
     maps = [mal(taps, train) for mal in self.mals]
