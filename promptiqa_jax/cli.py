@@ -24,15 +24,16 @@ def _score(args: argparse.Namespace) -> int:
   # Everything about the prompt is checked before the model is loaded or anything computed.
   try:
     prompt_paths, prompt_scores = score_io.read_prompt_file(args.prompt)
-    prompt_images = []
-    for index, path in enumerate(prompt_paths):
-      try:
-        prompt_images.append(preprocess.load_image(path, args.max_pixels))
-      except preprocess.ImageError as err:
-        raise score_io.PromptFileError(f"{args.prompt}: entry {index}: {err}") from err
   except score_io.PromptFileError as err:
     print(f"error: prompt: {err}", file=sys.stderr)
     return EXIT_USAGE
+  prompt_images = []
+  for index, path in enumerate(prompt_paths):
+    try:
+      prompt_images.append(preprocess.load_image(path, args.max_pixels))
+    except preprocess.ImageError as err:
+      print(f"error: prompt: {args.prompt}: entry {index}: {err}", file=sys.stderr)
+      return EXIT_USAGE
   paths = score_io.find_images(args.inputs)
   if not paths:
     print(f"error: no images found in {', '.join(args.inputs)}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The scoring API (`promptiqa_jax.inference.PromptIQA`) on the tiny random model.
 
-Every call here uses prompts of 3 pairs and the fixture's batch size, so the model compiles once
-for the module (plus once for `group_forward`).
+Every call here uses prompts of 3 pairs and the fixture's batch size, so the model's functions
+compile once in the session (`group_forward` once more).
 """
 import os
 
