@@ -12,7 +12,7 @@ cosine per epoch over 50 epochs, and starts from an ImageNet-21k AugReg ViT-B/8.
 """
 import ml_collections
 
-from configs import common
+from promptiqa_jax import config_defaults as common
 from promptiqa_jax.models.config import ModelConfig
 
 RELEASE_DATASETS = ["spaq", "csiq", "livec", "koniq10k", "kadid10k", "live"]

@@ -62,7 +62,7 @@ def get_model_config(smoke: bool = False) -> ml_collections.ConfigDict:
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """arg: "" for the built-in default (about 15 minutes on 2 CPU cores, benchmark build
   included), "smoke" for a seconds-long run on tiny settings."""
-  from configs import common
+  from promptiqa_jax import config_defaults as common
 
   if arg not in ("", "smoke"):
     raise ValueError(f"Unknown config argument {arg!r}; use '' or 'smoke'")

@@ -1,4 +1,4 @@
-"""Config sections shared by the recipes: optimiser, training loop, mesh, initialisation."""
+"""Config sections shared by the recipes in configs/: optimiser, training loop, mesh, init."""
 import ml_collections
 
 
