@@ -47,3 +47,24 @@ def test_score_with_prompts_runs(cwd, tiny_model_dir, kernel_compile_cache, monk
   assert "prompt 'blurred = good': queries best to worst" in text
   figures = [output for output in outputs if "image/png" in output.get("data", {})]
   assert len(figures) == 2  # the prompt, and the queries with their scores
+
+
+TRAIN_SYNTHETIC = os.path.join(NOTEBOOKS, "train_synthetic.ipynb")
+
+
+def test_train_synthetic_runs_in_smoke_mode(kernel_compile_cache, monkeypatch, tmp_path):
+  """The training notebook in its default (smoke) setting: curves, table and scatter plots."""
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", kernel_compile_cache)
+  monkeypatch.setenv("PROMPTIQA_DATA_DIR", str(tmp_path / "data"))
+  notebook = nbformat.read(TRAIN_SYNTHETIC, as_version=4)
+  for cell in _code_cells(notebook):
+    assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
+  NotebookClient(notebook, timeout=300, kernel_name="python3",
+                 resources={"metadata": {"path": REPO}}).execute()
+  outputs = [output for cell in _code_cells(notebook) for output in cell.outputs]
+  text = "".join(output.get("text", "") for output in outputs)
+  assert "trained steps: 3" in text
+  assert "supervised_ceiling" in text and "synthetic_iqa" in text
+  figures = [output for output in outputs if "image/png" in output.get("data", {})]
+  # One figure of curves, then one scatter plot per evaluated requirement (9).
+  assert len(figures) == 1 + 9
