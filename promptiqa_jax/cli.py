@@ -1,4 +1,4 @@
-"""The `promptiqa-jax` console script: score, convert, prepare, datasets.
+"""The `promptiqa-jax` console script: score, convert, prepare, datasets, bench.
 
 Each subcommand parses its arguments and calls an importable function; the logic lives there.
 """
@@ -107,6 +107,24 @@ def _datasets(args: argparse.Namespace) -> int:
   return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+  from promptiqa_jax import bench
+
+  return bench.main(args)
+
+
+def _positive_int(text: str) -> int:
+  """argparse type: an integer of at least 1."""
+  error = argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+  try:
+    value = int(text)
+  except ValueError:
+    raise error from None
+  if value < 1:
+    raise error
+  return value
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="promptiqa-jax", description=__doc__)
   commands = parser.add_subparsers(dest="command", required=True)
@@ -116,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
   score.add_argument("--prompt", required=True, help="JSON [[path, score], ...] or CSV path,score")
   score.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
   score.add_argument("--output", help="results file, .csv or .json (default: CSV on stdout)")
-  score.add_argument("--batch-size", type=int, default=16)
-  score.add_argument("--max-pixels", type=int, default=16384 * 16384,
+  score.add_argument("--batch-size", type=_positive_int, default=16)
+  score.add_argument("--max-pixels", type=_positive_int, default=16384 * 16384,
                      help="refuse larger images (decompression bombs)")
   score.add_argument("--quiet", action="store_true", help="no progress bar")
   score.set_defaults(run=_score)
@@ -143,6 +161,32 @@ def build_parser() -> argparse.ArgumentParser:
   datasets = commands.add_parser("datasets", help="list datasets and whether they are prepared")
   datasets.add_argument("--data-dir", default=None)
   datasets.set_defaults(run=_datasets)
+
+  bench = commands.add_parser("bench", help="throughput: training step, scoring, prompt encoding, "
+                              "input stream; optionally beside the PyTorch implementation")
+  bench.add_argument("--config", required=True, help="experiment config file[:arg], e.g. "
+                     "configs/paper.py or configs/paper.py:smoke")
+  bench.add_argument("--what", default="train,infer,prompt",
+                     help="comma-separated: train, infer, prompt, input, profile")
+  bench.add_argument("--compare", choices=["torch"], help="also measure the PyTorch implementation")
+  bench.add_argument("--torch-variants", help="comma-separated: eager, compile, autocast, "
+                     "compile_autocast (default: eager,compile, or the autocast pair for bfloat16)")
+  bench.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                     help="compute dtype (parameters stay float32)")
+  bench.add_argument("--remat", action="store_true", help="rematerialise ViT blocks and MALs")
+  bench.add_argument("--groups", type=int, help="train: groups per step (default: the config's)")
+  bench.add_argument("--group-size", type=int, help="train: images per group (default: the config's)")
+  bench.add_argument("--batch-sizes", help="infer: comma-separated batch sizes (default: 1 and the "
+                     "config's eval batch size)")
+  bench.add_argument("--warmup", type=int, default=2, help="untimed calls first (compile included)")
+  bench.add_argument("--repeats", type=int, default=5, help="timed calls; the median is reported")
+  bench.add_argument("--threads", type=int, help="pin to this many CPUs (XLA and torch threads)")
+  bench.add_argument("--input-workers", type=int,
+                     help="input: worker processes (default: the config's, at most the CPU count)")
+  bench.add_argument("--quick", action="store_true", help="fewest runs: 1 warm-up, 2 timed, small "
+                     "batches and images, PyTorch eager only (a smoke test of the harness)")
+  bench.add_argument("--json", help="write the report (results, ratios, device, versions) here")
+  bench.set_defaults(run=_bench)
   return parser
 
 

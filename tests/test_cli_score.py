@@ -384,6 +384,18 @@ def test_a_good_prompt_gets_as_far_as_loading_the_model(root, tmp_path, capsys):
   assert f"{tmp_path / 'no_model'}: not a promptiqa_jax model directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option,value", [("--batch-size", "0"), ("--batch-size", "-1"),
+                                          ("--batch-size", "two"), ("--max-pixels", "0")])
+def test_counts_must_be_positive(root, tmp_path, capsys, option, value):
+  # --batch-size -1 used to score nothing and exit 0; 0 failed after loading the model.
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["score", "--checkpoint", str(tmp_path / "no_model"),
+              "--prompt", os.path.join(root, "prompt", "prompt.json"), option, value,
+              os.path.join(root, "inputs", "rgb.png")])
+  assert exit_info.value.code == cli.EXIT_USAGE
+  assert f"argument {option}: expected a positive integer, got '{value}'" in capsys.readouterr().err
+
+
 def test_no_images_found(root, tmp_path, capsys):
   empty = tmp_path / "empty_folder"
   empty.mkdir()

@@ -51,6 +51,9 @@ class ModelConfig:
   score_embedding: str = "repeat"
   # Compute dtype; parameters are always float32.
   dtype: str = "float32"
+  # Recompute the ViT blocks and the MALs in the backward pass instead of keeping their
+  # activations: less memory for a training step, about one more forward pass of time.
+  remat: bool = False
 
   @property
   def grid(self) -> int:

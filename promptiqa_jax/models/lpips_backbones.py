@@ -77,8 +77,14 @@ class CNNStatsEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
+    # The pixels' own colour statistics (per-channel mean and std, and of the saturation
+    # max - min over channels) go in beside the CNN's: ImageNet features are built to ignore
+    # global colour and brightness shifts, which colour-difference requirements are about.
+    pixels = images.astype(jnp.float32)
+    saturation = jnp.max(pixels, axis=-1, keepdims=True) - jnp.min(pixels, axis=-1, keepdims=True)
     stats = []
-    for x in NETWORKS[self.network][0](self.dtype, name="cnn")(images):
+    for x in [jnp.concatenate([pixels, saturation], axis=-1)] + NETWORKS[self.network][0](
+        self.dtype, name="cnn")(images):
       x = x.astype(jnp.float32)
       mean = jnp.mean(x, axis=(1, 2))
       std = jnp.sqrt(jnp.var(x, axis=(1, 2)) + 1e-6)

@@ -105,6 +105,7 @@ class VisionTransformer(nn.Module):
   taps: Sequence[int]
   mlp_ratio: int = 4
   dtype: Dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array) -> list[jax.Array]:
@@ -117,9 +118,10 @@ class VisionTransformer(nn.Module):
                            (1, grid_h * grid_w + 1, self.width))
     x = jnp.concatenate([jnp.broadcast_to(cls_token, (batch, 1, self.width)).astype(x.dtype), x], 1)
     x = x + pos_embed.astype(x.dtype)
+    block = nn.remat(Block) if self.remat else Block
     tapped = {}
     for index in range(self.depth):
-      x = Block(self.num_heads, qkv_bias=True, epsilon=1e-6, mlp_ratio=self.mlp_ratio,
+      x = block(self.num_heads, qkv_bias=True, epsilon=1e-6, mlp_ratio=self.mlp_ratio,
                 dtype=self.dtype, name=f"blocks_{index}")(x)
       tapped[index] = x[:, 1:]
     return [tapped[t] for t in self.taps]
