@@ -63,6 +63,8 @@ class Options:
   input_workers: int = 0
   input_batches: int = 8
   input_jpeg: tuple[int, int] = (1024, 768)
+  # XLA compiler options, e.g. {"xla_backend_optimization_level": 0} to compile faster (--quick).
+  compiler_options: tuple[tuple[str, Any], ...] = ()
 
 
 # FLOPs, counted from the config.
@@ -229,12 +231,14 @@ def _line(r: dict[str, Any]) -> str:
 
 # JAX.
 
-def _jax_compile(fn: Callable, args: tuple, donate: tuple[int, ...] = ()) -> tuple[Any, dict]:
+def _jax_compile(fn: Callable, args: tuple, opts: Options,
+                 donate: tuple[int, ...] = ()) -> tuple[Any, dict]:
   """AOT-compiles `fn(*args)`: the executable, and its compile time, XLA FLOPs and buffer bytes."""
   import jax
 
   start = time.perf_counter()
-  compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+  compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile(
+      compiler_options=dict(opts.compiler_options) or None)
   info: dict[str, Any] = {"compile_s": time.perf_counter() - start}
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -265,7 +269,7 @@ def jax_measure(cfg: Any, variables: Any, optim: Any, opts: Options,
   results = []
 
   def measure(what, batch, images, fn, args, donate=(), variant="xla", prompt_size=p):
-    compiled, info = _jax_compile(fn, args, donate)
+    compiled, info = _jax_compile(fn, args, opts, donate)
     holder = list(args)
 
     def call():
@@ -337,7 +341,7 @@ def jax_profile(module: Any, cfg: Any, variables: Any, images: Any, scores: Any,
   def run(fn):
     def stage(*args):
       compiled, info = _jax_compile(lambda v, *a: module.apply(v, *a, method=fn),
-                                    (variables,) + args)
+                                    (variables,) + args, opts)
       _, times = timed(lambda: jax.block_until_ready(compiled(variables, *args)),
                        opts.warmup, opts.repeats)
       return compiled(variables, *args), times, info
@@ -634,16 +638,11 @@ def environment() -> dict[str, Any]:
 
 
 def ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-  """JAX images/s over PyTorch images/s, for each PyTorch record with a JAX twin (what, batch)."""
-  jax_records = {(r["what"], r["batch"]): r for r in results if r["impl"] == "jax"}
-  out = []
-  for r in results:
-    twin = jax_records.get((r["what"], r["batch"]))
-    if r["impl"] == "torch" and twin:
-      out.append(dict(what=r["what"], batch=r["batch"], jax=f"{twin['variant']} {twin['dtype']}",
-                      torch=f"{r['variant']} {r['dtype']}",
-                      ratio=twin["images_per_s"] / r["images_per_s"]))
-  return out
+  """JAX images/s over PyTorch images/s, for each pair of records of the same (what, batch)."""
+  return [dict(what=t["what"], batch=t["batch"], jax=f"{j['variant']} {j['dtype']}",
+               torch=f"{t['variant']} {t['dtype']}", ratio=j["images_per_s"] / t["images_per_s"])
+          for j in results for t in results if j["impl"] == "jax" and t["impl"] == "torch"
+          and (j["what"], j["batch"]) == (t["what"], t["batch"])]
 
 
 def run(config: Any, opts: Options, compare_torch: bool = False) -> dict[str, Any]:
@@ -722,7 +721,7 @@ def options_from_args(args: argparse.Namespace, config: Any) -> Options:
   if args.batch_sizes:
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
   else:
-    batch_sizes = (1, 2) if args.quick else (1, int(data.eval_batch_size))
+    batch_sizes = (2,) if args.quick else (1, int(data.eval_batch_size))
   if args.torch_variants:
     variants = tuple(v.strip() for v in args.torch_variants.split(","))
   elif args.quick:
@@ -740,7 +739,8 @@ def options_from_args(args: argparse.Namespace, config: Any) -> Options:
       input_workers=(args.input_workers if args.input_workers is not None
                      else min(int(data.get("num_workers", 0)), os.cpu_count() or 1)),
       input_batches=2 if args.quick else 8,
-      input_jpeg=(256, 192) if args.quick else (1024, 768))
+      input_jpeg=(256, 192) if args.quick else (1024, 768),
+      compiler_options=(("xla_backend_optimization_level", 0),) if args.quick else ())
 
 
 def main(args: argparse.Namespace) -> int:

@@ -21,6 +21,18 @@ CONFIG_FILE = "model_config.json"
 VARIABLES_DIR = "variables"
 
 
+def _checkpointer() -> ocp.StandardCheckpointer:
+  """A checkpointer that reads and writes from this process alone.
+
+  Orbax's default joins every process of a multi-process job in barriers, so a model exported by
+  process 0 alone (as training does) would wait forever for the others. Exported variables are
+  host numpy arrays, complete on each process, so no other process has anything to add.
+  """
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}))
+
+
 def save_model(directory: str | os.PathLike, variables: Any, config: ModelConfig) -> None:
   """Writes `variables` and `config` under `directory` (created; must not hold a model yet)."""
   directory = os.path.abspath(directory)
@@ -28,7 +40,7 @@ def save_model(directory: str | os.PathLike, variables: Any, config: ModelConfig
   target = os.path.join(directory, VARIABLES_DIR)
   if os.path.exists(target):
     raise FileExistsError(f"{directory} already holds a model; choose an empty directory")
-  with ocp.StandardCheckpointer() as checkpointer:
+  with _checkpointer() as checkpointer:
     checkpointer.save(target, jax.tree_util.tree_map(np.asarray, variables))
   with open(os.path.join(directory, CONFIG_FILE), "w") as f:
     json.dump(config.to_dict(), f, indent=2)
@@ -58,6 +70,6 @@ def load_model(directory: str | os.PathLike) -> tuple[dict[str, Any], ModelConfi
 
   target = jax.tree_util.tree_map(
       lambda leaf: np.zeros(leaf.shape, leaf.dtype), abstract_variables(config))
-  with ocp.StandardCheckpointer() as checkpointer:
+  with _checkpointer() as checkpointer:
     variables = checkpointer.restore(os.path.join(directory, VARIABLES_DIR), target)
   return jax.tree_util.tree_map(np.asarray, variables), config

@@ -12,7 +12,9 @@ fixed size so each jitted function compiles once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import types
 from typing import Any, Sequence, Union
 
 import jax
@@ -77,6 +79,27 @@ def _stack(images: list[np.ndarray], size: int) -> np.ndarray:
   return np.stack(images) if images else np.zeros((0, size, size, 3), np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_functions(config: ModelConfig) -> types.SimpleNamespace:
+  """The jitted entry points of a config, shared by every PromptIQA object of that config (so a
+  second object, e.g. after a checkpoint reload, compiles nothing)."""
+  module = PromptIQAModule(config)
+
+  def features(variables, images):
+    return module.apply(variables, images, method=PromptIQAModule.image_features)
+
+  def encode(variables, features, scores):
+    vectors = module.apply(variables, features, scores, method=PromptIQAModule.prompt_vectors)
+    return vectors, module.apply(variables, vectors, method=PromptIQAModule.fuse_prompt)
+
+  def score_features(variables, image_features, fused):
+    return module.apply(variables, image_features, fused, method=PromptIQAModule.score_with_fused)
+
+  return types.SimpleNamespace(features=jax.jit(features), encode=jax.jit(encode),
+                               score_features=jax.jit(score_features),
+                               group_forward=jax.jit(module.apply))
+
+
 class PromptIQA:
   """A PromptIQA model with its weights, ready to score images with a prompt."""
 
@@ -84,26 +107,7 @@ class PromptIQA:
     self.config = config
     self.batch_size = batch_size
     self.variables = jax.device_put(variables)
-    module = PromptIQAModule(config)
-
-    def features(variables, images):
-      return module.apply(variables, images, method=PromptIQAModule.image_features)
-
-    def encode(variables, features, scores):
-      vectors = module.apply(variables, features, scores, method=PromptIQAModule.prompt_vectors)
-      return vectors, module.apply(variables, vectors, method=PromptIQAModule.fuse_prompt)
-
-    def score_features(variables, image_features, fused):
-      return module.apply(variables, image_features, fused, method=PromptIQAModule.score_with_fused)
-
-    def score(variables, images, fused):
-      return score_features(variables, features(variables, images), fused)
-
-    self._features = jax.jit(features)
-    self._encode = jax.jit(encode)
-    self._score = jax.jit(score)
-    self._score_features = jax.jit(score_features)
-    self._group_forward = jax.jit(module.apply)
+    self._fns = _compiled_functions(config)
 
   @classmethod
   def from_torch(cls, path: str | os.PathLike, config: ModelConfig | None = None,
@@ -130,6 +134,10 @@ class PromptIQA:
 
   def _batched(self, fn, inputs: np.ndarray, *args: Any) -> np.ndarray:
     """Runs `fn(variables, batch, *args)` over fixed-size batches, padding the last one."""
+    if len(inputs) == 0:
+      full = jax.ShapeDtypeStruct((self.batch_size,) + inputs.shape[1:], inputs.dtype)
+      shape = jax.eval_shape(fn, self.variables, full, *args)
+      return np.zeros((0,) + shape.shape[1:], shape.dtype)
     outputs = []
     for start in range(0, len(inputs), self.batch_size):
       batch = inputs[start:start + self.batch_size]
@@ -142,7 +150,7 @@ class PromptIQA:
 
   def image_features(self, images: Images) -> np.ndarray:
     """Image features f(x): `[N, D]`."""
-    return self._batched(self._features, to_model_input(images, self.config.image_size))
+    return self._batched(self._fns.features, to_model_input(images, self.config.image_size))
 
   def encode_prompt(self, images: Images, scores: Sequence[float]) -> Prompt:
     """Encodes P image-score pairs once; reuse the result for any number of queries."""
@@ -152,23 +160,18 @@ class PromptIQA:
   def encode_prompt_features(self, features: np.ndarray, scores: Sequence[float]) -> Prompt:
     """As `encode_prompt`, from image features `[P, D]` already computed."""
     scores = validate_scores(scores, count=len(features))
-    vectors, fused = self._encode(self.variables, np.asarray(features, np.float32), scores)
+    vectors, fused = self._fns.encode(self.variables, np.asarray(features, np.float32), scores)
     return Prompt(np.asarray(vectors), np.asarray(fused), scores)
 
   def score_features(self, features: np.ndarray, prompt: Prompt) -> np.ndarray:
     """Scores from image features `[N, D]` already computed: `[N]`. Evaluations that try many
     prompts on the same images compute the (costly) features once and call this per prompt."""
     features = np.asarray(features, np.float32)
-    if len(features) == 0:
-      return np.zeros((0,), np.float32)
-    return self._batched(self._score_features, features, jnp.asarray(prompt.fused))
+    return self._batched(self._fns.score_features, features, jnp.asarray(prompt.fused))
 
   def score(self, images: Images, prompt: Prompt) -> np.ndarray:
     """Predicted quality in [0, 1] of each image under the prompt's requirement: `[N]`."""
-    inputs = to_model_input(images, self.config.image_size)
-    if len(inputs) == 0:
-      return np.zeros((0,), np.float32)
-    return self._batched(self._score, inputs, jnp.asarray(prompt.fused))
+    return self.score_features(self.image_features(images), prompt)
 
   def group_forward(self, images: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """The training-form forward in eval mode: `images [g, G, ...]`, `scores [g, G]` -> `[g, G]`.
@@ -183,4 +186,4 @@ class PromptIQA:
     groups, group_size = scores.shape
     flat = to_model_input(images.reshape((-1,) + images.shape[2:]), self.config.image_size)
     flat = flat.reshape((groups, group_size) + flat.shape[1:])
-    return np.asarray(self._group_forward(self.variables, flat, scores))
+    return np.asarray(self._fns.group_forward(self.variables, flat, scores))

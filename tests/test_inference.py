@@ -133,7 +133,7 @@ def test_encode_prompt_refuses_bad_scores_before_any_compute(tiny_model, monkeyp
   def no_compute(*args):
     raise AssertionError("computed features for a refused prompt")
 
-  monkeypatch.setattr(tiny_model, "_features", no_compute)
+  monkeypatch.setattr(tiny_model, "image_features", no_compute)
   # Paths that do not exist: reading them would fail with another error.
   paths = [str(tmp_path / f"absent{i}.png") for i in range(3)]
   with pytest.raises(ValueError, match=message):
