@@ -7,7 +7,7 @@
 # job; process 0 listens on a free local port (or $PORT). Each process sees every local device, so
 # on a CPU-only machine N processes give a mesh of N devices. If one process fails the others are
 # stopped (they would wait for it in the next collective), and the script exits with its status.
-# SIGTERM and SIGINT are passed on, so that each process saves a checkpoint and exits.
+# SIGTERM and SIGINT reach every process as SIGTERM: each saves a checkpoint and exits.
 set -euo pipefail  # needs bash >= 5.1 (wait -n -p)
 
 if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
@@ -17,18 +17,18 @@ fi
 num_processes=$1
 shift
 python=${PYTHON:-python}
-port=${PORT:-$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+free_port='import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+port=${PORT:-$("$python" -c "$free_port")}
 
 pids=()
+forward() { ((${#pids[@]})) && kill -s "$1" "${pids[@]}" 2>/dev/null || true; }
+# Background processes of a script ignore SIGINT, so Ctrl-C becomes the SIGTERM they act on.
+trap 'forward TERM' TERM INT
 for ((i = 0; i < num_processes; i++)); do
   "$python" -m promptiqa_jax.train "$@" --coordinator_address="127.0.0.1:$port" \
     --num_processes="$num_processes" --process_id="$i" &
   pids+=($!)
 done
-
-forward() { kill -s "$1" "${pids[@]}" 2>/dev/null || true; }
-trap 'forward TERM' TERM
-trap 'forward INT' INT
 
 remaining=$num_processes
 while ((remaining > 0)); do

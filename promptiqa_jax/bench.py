@@ -57,6 +57,7 @@ class Options:
   prompt_size: int = 10
   dtype: str = "float32"
   remat: bool = False
+  attention: str = "xla"
   warmup: int = 2
   repeats: int = 5
   torch_variants: tuple[str, ...] = ()
@@ -264,11 +265,13 @@ def jax_measure(cfg: Any, variables: Any, optim: Any, opts: Options,
   variables = jax.device_put(variables)
   rng = np.random.default_rng(0)
   size, p = cfg.image_size, opts.prompt_size
+  variant = "+".join(["xla"] + (["remat"] if cfg.remat else []) + (
+      ["cudnn_attention"] if cfg.attention == "cudnn" else []))
   prompt_images = jnp.asarray(rng.uniform(-1, 1, (p, size, size, 3)), jnp.float32)
   prompt_scores = jnp.asarray(rng.uniform(0, 1, p), jnp.float32)
   results = []
 
-  def measure(what, batch, images, fn, args, donate=(), variant="xla", prompt_size=p):
+  def measure(what, batch, images, fn, args, donate=(), prompt_size=p):
     compiled, info = _jax_compile(fn, args, opts, donate)
     holder = list(args)
 
@@ -305,7 +308,7 @@ def jax_measure(cfg: Any, variables: Any, optim: Any, opts: Options,
     batch = {"image": jnp.asarray(rng.uniform(-1, 1, shape + (size, size, 3)), jnp.float32),
              "score": jnp.asarray(rng.uniform(0, 1, shape), jnp.float32)}
     measure("train", opts.groups, opts.groups * opts.group_size, step, (state, batch), donate=(0,),
-            variant="xla_remat" if cfg.remat else "xla", prompt_size=opts.group_size - 1)
+            prompt_size=opts.group_size - 1)
     del state, batch
   if "profile" in opts.whats:
     results += jax_profile(module, cfg, variables, prompt_images, prompt_scores, opts, peak)
@@ -653,7 +656,8 @@ def run(config: Any, opts: Options, compare_torch: bool = False) -> dict[str, An
   from promptiqa_jax.models.promptiqa import PromptIQA as Module
 
   cfg = dataclasses.replace(ModelConfig.from_mapping(config.model.to_dict()), dtype=opts.dtype,
-                            remat=opts.remat)
+                            remat=opts.remat, attention=opts.attention)
+  cfg.validate()
   report = {"environment": environment(), "load_average_start": os.getloadavg(),
             "options": dataclasses.asdict(opts), "model": cfg.to_dict()}
   peak, source = device_peak(opts.dtype)
@@ -734,6 +738,7 @@ def options_from_args(args: argparse.Namespace, config: Any) -> Options:
       groups=args.groups or int(data.groups_per_batch),
       group_size=args.group_size or int(data.group_size),
       prompt_size=int(data.prompt_size), dtype=args.dtype, remat=args.remat,
+      attention=args.attention,
       warmup=1 if args.quick else args.warmup, repeats=2 if args.quick else args.repeats,
       torch_variants=variants,
       input_workers=(args.input_workers if args.input_workers is not None

@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
   bench.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                      help="compute dtype (parameters stay float32)")
   bench.add_argument("--remat", action="store_true", help="rematerialise ViT blocks and MALs")
+  bench.add_argument("--attention", choices=["xla", "cudnn"], default="xla",
+                     help="image-branch attention kernel (cudnn: GPUs, with --dtype bfloat16)")
   bench.add_argument("--groups", type=int, help="train: groups per step (default: the config's)")
   bench.add_argument("--group-size", type=int, help="train: images per group (default: the config's)")
   bench.add_argument("--batch-sizes", help="infer: comma-separated batch sizes (default: 1 and the "

@@ -3,9 +3,9 @@
 A pure update step `(state, batch) -> (state, metrics)` under `jax.jit` with explicit shardings on a
 `(data, fsdp)` mesh and a donated state; per-process input from the grain stream assembled into
 global arrays; orbax checkpoints (train state, grain iterator state, config) with automatic resume
-and a clean save on SIGTERM; evaluation every `train.eval_every` steps. Multi-host: on TPU pods and
-under SLURM `jax.distributed.initialize()` finds its peers; elsewhere pass --coordinator_address,
---num_processes and --process_id.
+and a clean save on SIGTERM; evaluation every `train.eval_every` steps. Multi-process: on TPU pods
+and under SLURM `jax.distributed.initialize()` finds its peers (--distributed=on); elsewhere pass
+--coordinator_address, --num_processes and --process_id. launch/ holds a launcher for each case.
 """
 from __future__ import annotations
 
@@ -112,6 +112,13 @@ def make_train_step(model: PromptIQA, tx: optax.GradientTransformation,
   return train_step
 
 
+def jit_train_step(train_step: Callable, mesh: jax.sharding.Mesh, state_shardings: Any) -> Callable:
+  """`train_step` under jit: the state laid out by `state_shardings` and donated, the batch's groups
+  split over every device of `mesh`, the metrics replicated."""
+  return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+
+
 def validate_config(config: ml_collections.ConfigDict, device_count: int) -> None:
   """Fails at start, naming the field, for configurations that cannot run."""
   data = config.data
@@ -123,10 +130,21 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
   if int(data.image_size) != int(config.model.image_size):
     raise ValueError(f"config.data.image_size ({data.image_size}) != config.model.image_size "
                      f"({config.model.image_size})")
-  for field in ("pretrained_vit", "checkpoint"):
+  for field in ("pretrained_vit", "checkpoint", "cnn_weights"):
     path = config.init.get(field)
     if path and not os.path.exists(path):
       raise FileNotFoundError(f"config.init.{field}: {path} does not exist")
+  from promptiqa_jax.data import sources
+
+  # Evaluation datasets too: a typo there would otherwise surface after the first eval_every steps.
+  evaluates = int(config.train.eval_every) > 0 or bool(config.train.get("final_eval", True))
+  for field in ("train", "eval") if evaluates else ("train",):
+    for name in data[field]:
+      try:
+        builder, builder_config, _ = sources.parse_name(name)
+        sources.prepared_dir(builder, data.data_dir, builder_config)
+      except (ValueError, FileNotFoundError) as err:
+        raise type(err)(f"config.data.{field}: {err}") from None
 
 
 class _Preemption:
@@ -134,7 +152,11 @@ class _Preemption:
 
   def __init__(self):
     self.requested = False
-    signal.signal(signal.SIGTERM, self._handle)
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def close(self) -> None:
+    """Gives SIGTERM back to the handler it had (train_and_evaluate may run inside a notebook)."""
+    signal.signal(signal.SIGTERM, self._previous)
 
   def _handle(self, signum, frame):
     logging.warning("SIGTERM received: saving a checkpoint and exiting")
@@ -186,11 +208,22 @@ def _host_variables(state: TrainState) -> dict[str, Any]:
 
 
 class MetricsWriter:
-  """Appends metric records to `workdir/metrics.jsonl` and logs them (process 0 only)."""
+  """Appends metric records to `workdir/metrics.jsonl` and logs them (process 0 only).
 
-  def __init__(self, workdir: str):
+  A run that starts at `start_step` first drops the records of later steps: they come from a run
+  stopped before its next checkpoint, whose steps are trained again from `start_step`, so the file
+  keeps one record per step of the state's actual history.
+  """
+
+  def __init__(self, workdir: str, start_step: int = 0):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.active = jax.process_index() == 0
+    if self.active and os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(kept)
+      os.replace(self.path + ".tmp", self.path)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.active:
@@ -232,10 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   abstract_state = jax.tree_util.tree_map(
       lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
       abstract_state, state_shardings)
-  train_step = jax.jit(make_train_step(model, tx, schedule),
-                       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                       out_shardings=(state_shardings, sharding.replicated(mesh)),
-                       donate_argnums=(0,))
+  train_step = jit_train_step(make_train_step(model, tx, schedule), mesh, state_shardings)
 
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
@@ -248,33 +278,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     logging.info("resumed from step %d", int(state.step))
   else:
     state = jax.jit(create_state, out_shardings=state_shardings)()
-  writer = MetricsWriter(workdir)
+  step = int(jax.device_get(state.step))
+  writer = MetricsWriter(workdir, step)
   evaluator = _Evaluator(config, workdir, model_config)
   preemption = _Preemption()
-  step = int(jax.device_get(state.step))
   images_per_step = stream.groups_per_batch * stream.group_size
   timer_start, timer_step = time.perf_counter(), step
-  while step < num_steps:
-    batch = sharding.global_batch(next(iterator), mesh)
-    state, metrics = train_step(state, batch)
-    step += 1
-    if step % int(config.train.log_every) == 0 or step == num_steps:
-      metrics = jax.device_get(metrics)
-      elapsed = time.perf_counter() - timer_start
-      metrics["images_per_s"] = images_per_step * (step - timer_step) / max(elapsed, 1e-9)
-      metrics["epoch"] = step / steps_per_epoch
-      writer.write(step, metrics)
-      timer_start, timer_step = time.perf_counter(), step
-    if step % int(config.train.checkpoint_every) == 0:
-      _save(manager, state, iterator, config)
-    if int(config.train.eval_every) > 0 and step % int(config.train.eval_every) == 0:
-      evaluator.run(state, step, config.data.eval_split)
-    if preemption.any_process():
-      _save(manager, state, iterator, config, force=True)
-      manager.wait_until_finished()
-      logging.warning("saved step %d after SIGTERM; exiting", step)
-      iterator.close()
-      sys.exit(0)
+  try:
+    while step < num_steps:
+      batch = sharding.global_batch(next(iterator), mesh)
+      state, metrics = train_step(state, batch)
+      step += 1
+      if step % int(config.train.log_every) == 0 or step == num_steps:
+        metrics = jax.device_get(metrics)
+        elapsed = time.perf_counter() - timer_start
+        metrics["images_per_s"] = images_per_step * (step - timer_step) / max(elapsed, 1e-9)
+        metrics["epoch"] = step / steps_per_epoch
+        writer.write(step, metrics)
+        timer_start, timer_step = time.perf_counter(), step
+      if step % int(config.train.checkpoint_every) == 0:
+        _save(manager, state, iterator, config)
+      if int(config.train.eval_every) > 0 and step % int(config.train.eval_every) == 0:
+        evaluator.run(state, step, config.data.eval_split)
+      if preemption.any_process():
+        # The step may have been saved just above; orbax refuses to save a step twice.
+        if manager.latest_step() != step:
+          _save(manager, state, iterator, config, force=True)
+        manager.wait_until_finished()
+        logging.warning("saved step %d after SIGTERM; exiting", step)
+        iterator.close()
+        sys.exit(0)
+  finally:
+    preemption.close()
   if manager.latest_step() != step:
     _save(manager, state, iterator, config, force=True)
   manager.wait_until_finished()
@@ -359,15 +394,25 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "cluster manager (TPU pods and SLURM need none)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the job")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "whether to call jax.distributed.initialize(): 'on' always, JAX finding the job itself (TPU "
+    "pod slices through the VM metadata, SLURM, Open MPI); 'auto' with --coordinator_address, "
+    "inside a SLURM step of several tasks or a GKE TPU job; 'off' never")
 
 
 def initialize_distributed() -> None:
-  """jax.distributed for multi-process runs: explicit flags, or auto-detected clusters."""
+  """jax.distributed for multi-process runs: explicit flags, or the job JAX detects."""
+  mode = _DISTRIBUTED.value
+  if mode == "off":
+    return
   if _COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  elif any(v in os.environ for v in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")) \
-      and os.environ.get("PROMPTIQA_NO_DISTRIBUTED") != "1":
+  # A TPU VM shows nothing in its environment (JAX asks the metadata server), hence 'on' for pods.
+  # SLURM_JOB_ID alone is no sign of several processes: it is also set in an sbatch script's body.
+  elif (mode == "on" or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1
+        or "TPU_WORKER_HOSTNAMES" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ):
     jax.distributed.initialize()
 
 

@@ -54,6 +54,9 @@ class ModelConfig:
   # Recompute the ViT blocks and the MALs in the backward pass instead of keeping their
   # activations: less memory for a training step, about one more forward pass of time.
   remat: bool = False
+  # Multi-head attention of the image branch (ViT blocks, the block after the fusion MAL): "xla",
+  # or "cudnn", the fused (flash) kernel of NVIDIA GPUs, which needs dtype="bfloat16".
+  attention: str = "xla"
 
   @property
   def grid(self) -> int:
@@ -99,6 +102,11 @@ class ModelConfig:
       raise ValueError(f"score_embedding must be 'repeat' or 'linear', not {self.score_embedding!r}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
+    if self.attention not in ("xla", "cudnn"):
+      raise ValueError(f"attention must be 'xla' or 'cudnn', not {self.attention!r}")
+    if self.attention == "cudnn" and self.dtype != "bfloat16":
+      raise ValueError("attention='cudnn' needs dtype='bfloat16' (cuDNN's fused attention has no "
+                       f"{self.dtype} kernel)")
     if self.backbone != "vit":
       return
     if self.image_size % self.patch_size:

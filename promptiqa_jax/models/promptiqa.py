@@ -87,14 +87,15 @@ class PromptIQA(nn.Module):
       self.backbone = CNNStatsEncoder(cfg.backbone, cfg.prompt_width, cfg.backbone_hidden,
                                       cfg.freeze_backbone, dtype)
     else:
+      attention = "cudnn" if cfg.attention == "cudnn" else None
       self.vit = VisionTransformer(cfg.patch_size, cfg.vit_width, cfg.vit_depth, cfg.vit_heads,
-                                   cfg.taps, cfg.mlp_ratio, dtype, cfg.remat)
+                                   cfg.taps, cfg.mlp_ratio, dtype, cfg.remat, attention)
       # `train` (argument 2, counting the module) is a Python bool: static under remat.
       mal = nn.remat(MAL, static_argnums=(2,)) if cfg.remat else MAL
       self.mals = [mal(cfg.mal_qk_reduction, cfg.mal_dropout, dtype) for _ in range(cfg.num_mals)]
       self.fusion_mal = mal(cfg.mal_qk_reduction, cfg.mal_dropout, dtype)
       self.block = Block(cfg.fusion_heads, qkv_bias=False, epsilon=1e-5, mlp_ratio=cfg.mlp_ratio,
-                         dtype=dtype)
+                         dtype=dtype, attention=attention)
       self.cnn = CNNHead(cfg.cnn_head, dtype)
 
     def prompt_block(qkv_bias: bool, epsilon: float) -> Block:

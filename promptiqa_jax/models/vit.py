@@ -41,11 +41,15 @@ def layer_norm(epsilon: float, dtype: Dtype, name: str | None = None) -> LayerNo
 
 
 class MultiHeadAttention(nn.Module):
-  """Fused-qkv multi-head self-attention. `x: [B, L, D] -> [B, L, D]`."""
+  """Fused-qkv multi-head self-attention. `x: [B, L, D] -> [B, L, D]`.
+
+  `implementation`: jax.nn.dot_product_attention's (None: XLA's; "cudnn": the fused GPU kernel).
+  """
 
   num_heads: int
   qkv_bias: bool
   dtype: Dtype = jnp.float32
+  implementation: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -55,7 +59,8 @@ class MultiHeadAttention(nn.Module):
     qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
     qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5)
+    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5,
+                                       implementation=self.implementation)
     return nn.Dense(dim, dtype=self.dtype, name="proj")(out.reshape(batch, length, dim))
 
 
@@ -81,12 +86,14 @@ class Block(nn.Module):
   epsilon: float
   mlp_ratio: int = 4
   dtype: Dtype = jnp.float32
+  attention: str | None = None  # MultiHeadAttention's implementation
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     dim = x.shape[-1]
-    x = x + MultiHeadAttention(self.num_heads, self.qkv_bias, self.dtype, name="attn")(
-        layer_norm(self.epsilon, self.dtype, "norm1")(x))
+    attention = MultiHeadAttention(self.num_heads, self.qkv_bias, self.dtype, self.attention,
+                                   name="attn")
+    x = x + attention(layer_norm(self.epsilon, self.dtype, "norm1")(x))
     return x + Mlp(self.mlp_ratio * dim, self.dtype, name="mlp")(
         layer_norm(self.epsilon, self.dtype, "norm2")(x))
 
@@ -106,6 +113,7 @@ class VisionTransformer(nn.Module):
   mlp_ratio: int = 4
   dtype: Dtype = jnp.float32
   remat: bool = False
+  attention: str | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array) -> list[jax.Array]:
@@ -122,6 +130,6 @@ class VisionTransformer(nn.Module):
     tapped = {}
     for index in range(self.depth):
       x = block(self.num_heads, qkv_bias=True, epsilon=1e-6, mlp_ratio=self.mlp_ratio,
-                dtype=self.dtype, name=f"blocks_{index}")(x)
+                dtype=self.dtype, attention=self.attention, name=f"blocks_{index}")(x)
       tapped[index] = x[:, 1:]
     return [tapped[t] for t in self.taps]
