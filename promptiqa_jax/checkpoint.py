@@ -68,8 +68,8 @@ def load_model(directory: str | os.PathLike) -> tuple[dict[str, Any], ModelConfi
     config = ModelConfig.from_mapping(json.load(f))
   from promptiqa_jax.interop.convert import abstract_variables  # no torch import there
 
-  target = jax.tree_util.tree_map(
-      lambda leaf: np.zeros(leaf.shape, leaf.dtype), abstract_variables(config))
+  target = {k: jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), v)
+            for k, v in abstract_variables(config).items() if jax.tree_util.tree_leaves(v)}
   with _checkpointer() as checkpointer:
     variables = checkpointer.restore(os.path.join(directory, VARIABLES_DIR), target)
   return jax.tree_util.tree_map(np.asarray, variables), config
