@@ -40,6 +40,9 @@ def save_model(directory: str | os.PathLike, variables: Any, config: ModelConfig
   target = os.path.join(directory, VARIABLES_DIR)
   if os.path.exists(target):
     raise FileExistsError(f"{directory} already holds a model; choose an empty directory")
+  # Empty collections (a CNN-backbone model has no BatchNorm statistics) are left out, as
+  # `load_model` leaves them out of the structure it restores into.
+  variables = {k: v for k, v in dict(variables).items() if jax.tree_util.tree_leaves(v)}
   with _checkpointer() as checkpointer:
     checkpointer.save(target, jax.tree_util.tree_map(np.asarray, variables))
   with open(os.path.join(directory, CONFIG_FILE), "w") as f:
