@@ -35,7 +35,7 @@ while ((remaining > 0)); do
   finished=""
   status=0
   wait -n -p finished || status=$?
-  if [[ -z "$finished" ]]; then
+  if [[ -z "${finished:-}" ]]; then
     continue  # `wait` was interrupted by a forwarded signal; no process has ended yet
   fi
   if ((status != 0)); then

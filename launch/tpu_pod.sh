@@ -18,7 +18,8 @@ set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME to the name of the pod slice}"
 : "${ZONE:?set ZONE to the zone of the pod slice}"
 repo_dir=${REPO_DIR:-"~/promptiqa_jax"}
-remote="cd $repo_dir && ${PYTHON:-python3} -m promptiqa_jax.train --distributed=on $(printf '%q ' "$@")"
+remote="cd $repo_dir && ${PYTHON:-python3} -m promptiqa_jax.train --distributed=on"
+remote+=" $(printf '%q ' "$@")"
 
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" ${PROJECT:+--project="$PROJECT"} \
   --worker=all --command="$remote"

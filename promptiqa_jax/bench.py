@@ -64,6 +64,7 @@ class Options:
   input_workers: int = 0
   input_batches: int = 8
   input_jpeg: tuple[int, int] = (1024, 768)
+  peak_matmul: int = 2048  # side of the float32 matmul that measures a CPU's peak
   # XLA compiler options, e.g. {"xla_backend_optimization_level": 0} to compile faster (--quick).
   compiler_options: tuple[tuple[str, Any], ...] = ()
 
@@ -255,14 +256,16 @@ def _jax_compile(fn: Callable, args: tuple, opts: Options,
 
 def jax_measure(cfg: Any, variables: Any, optim: Any, opts: Options,
                 peak: float) -> list[dict[str, Any]]:
-  """JAX records of `opts.whats` (train, infer, prompt, profile) for the model config `cfg`."""
+  """JAX records of `opts.whats` (train, infer, prompt, profile) for the model config `cfg`.
+
+  `variables` (on the device) are donated to the training step, measured last.
+  """
   import jax
   import jax.numpy as jnp
 
   from promptiqa_jax.models.promptiqa import PromptIQA as Module
 
   module = Module(cfg)
-  variables = jax.device_put(variables)
   rng = np.random.default_rng(0)
   size, p = cfg.image_size, opts.prompt_size
   variant = "+".join(["xla"] + (["remat"] if cfg.remat else []) + (
@@ -302,21 +305,23 @@ def jax_measure(cfg: Any, variables: Any, optim: Any, opts: Options,
     for batch in opts.batch_sizes:
       images = jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)), jnp.float32)
       measure("infer", batch, batch, score, (variables, images, fused))
+  if "profile" in opts.whats:
+    results += jax_profile(module, cfg, variables, prompt_images, prompt_scores, opts, peak)
   if "train" in opts.whats:
+    # Last: the step donates its state, which holds `variables` (no copy of 4 bytes/parameter).
     state, step = _jax_train_state(module, cfg, variables, optim)
+    del variables
     shape = (opts.groups, opts.group_size)
     batch = {"image": jnp.asarray(rng.uniform(-1, 1, shape + (size, size, 3)), jnp.float32),
              "score": jnp.asarray(rng.uniform(0, 1, shape), jnp.float32)}
     measure("train", opts.groups, opts.groups * opts.group_size, step, (state, batch), donate=(0,),
             prompt_size=opts.group_size - 1)
     del state, batch
-  if "profile" in opts.whats:
-    results += jax_profile(module, cfg, variables, prompt_images, prompt_scores, opts, peak)
   return results
 
 
 def _jax_train_state(module: Any, cfg: Any, variables: Any, optim: Any) -> tuple[Any, Callable]:
-  """A training state (its own copy of the parameters) and train.py's update step."""
+  """A training state on `variables` (donated by the step) and train.py's update step."""
   import jax
   import jax.numpy as jnp
 
@@ -324,10 +329,9 @@ def _jax_train_state(module: Any, cfg: Any, variables: Any, optim: Any) -> tuple
   from promptiqa_jax.train import TrainState, make_train_step, trainable_fn
 
   tx, schedule = build_optimizer(optim, steps_per_epoch=1000, trainable=trainable_fn(cfg))
-  params = jax.tree_util.tree_map(jnp.copy, variables["params"])
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     batch_stats=jax.tree_util.tree_map(jnp.copy, variables.get("batch_stats", {})),
-                     opt_state=jax.jit(tx.init)(params), rng=jax.random.PRNGKey(0))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                     batch_stats=variables.get("batch_stats", {}),
+                     opt_state=jax.jit(tx.init)(variables["params"]), rng=jax.random.PRNGKey(0))
   return state, make_train_step(module, tx, schedule)
 
 
@@ -393,7 +397,9 @@ def _profile(impl: str, variant: str, cfg: Any, stages: list[tuple[str, Callable
 # PyTorch.
 
 def torch_state(cfg: Any, variables: Any) -> dict[str, np.ndarray]:
-  """Flax variables -> the PyTorch implementation's state_dict (numpy), BatchNorm counters added."""
+  """Flax variables -> the PyTorch implementation's state_dict (numpy copies), BatchNorm counters
+  added."""
+  import jax
   import torch
 
   from promptiqa_jax.interop.convert import flax_to_torch
@@ -401,7 +407,7 @@ def torch_state(cfg: Any, variables: Any) -> dict[str, np.ndarray]:
 
   with torch.device("meta"):
     shapes = {k: tuple(v.shape) for k, v in TorchPromptIQA(cfg).state_dict().items()}
-  state = flax_to_torch(variables, shapes)
+  state = flax_to_torch(jax.tree_util.tree_map(np.array, variables), shapes)
   state.update({k: np.zeros((), np.int64) for k in shapes if k.endswith("num_batches_tracked")})
   return state
 
@@ -589,7 +595,7 @@ def load_config(spec: str) -> Any:
   return module.get_config(arg)
 
 
-def device_peak(dtype: str) -> tuple[float, str]:
+def device_peak(dtype: str, n: int = 2048) -> tuple[float, str]:
   """(peak FLOP/s, where it comes from): the datasheet for known GPUs, else a measured matmul."""
   import jax
   import jax.numpy as jnp
@@ -598,8 +604,7 @@ def device_peak(dtype: str) -> tuple[float, str]:
   for name, peaks in DATASHEET_PEAKS.items():
     if name in kind:
       return peaks[dtype], f"datasheet {name} dense {dtype}"
-  # No vendor figure: the better of XLA's and numpy's float32 matmul, n = 2048, median of 5.
-  n = 2048
+  # No vendor figure: the better of XLA's and numpy's float32 n x n matmul, median of 5.
   a = np.random.default_rng(0).standard_normal((n, n), np.float32)
   matmul = jax.jit(jnp.matmul)
   on_device = jax.device_put(a)
@@ -660,7 +665,7 @@ def run(config: Any, opts: Options, compare_torch: bool = False) -> dict[str, An
   cfg.validate()
   report = {"environment": environment(), "load_average_start": os.getloadavg(),
             "options": dataclasses.asdict(opts), "model": cfg.to_dict()}
-  peak, source = device_peak(opts.dtype)
+  peak, source = device_peak(opts.dtype, opts.peak_matmul)
   report.update(peak_flops=peak, peak_source=source,
                 model_flops=model_flops(cfg, opts.prompt_size), notes=[])
   results: list[dict[str, Any]] = []
@@ -670,18 +675,19 @@ def run(config: Any, opts: Options, compare_torch: bool = False) -> dict[str, An
     variables = jax.jit(Module(cfg).init)(
         jax.random.PRNGKey(0), np.zeros((1, 2, size, size, 3), np.float32),
         np.zeros((1, 2), np.float32))
-    host = jax.device_get(variables)
-    del variables
-    results += jax_measure(cfg, host, config.optim, opts, peak)
-    jax.clear_caches()
-    gc.collect()
+    state = None
     if compare_torch and cfg.backbone != "vit":
       report["notes"].append(f"no PyTorch implementation of backbone {cfg.backbone!r}: JAX only")
     elif compare_torch and opts.torch_variants:
-      state = torch_state(cfg, host)
-      del host
-      gc.collect()
+      state = torch_state(cfg, variables)
+    results += jax_measure(cfg, variables, config.optim, opts, peak)
+    del variables
+    jax.clear_caches()
+    gc.collect()
+    if state is not None:
       results += torch_measure(cfg, state, config.optim, opts, peak)
+      del state
+      gc.collect()
   if "input" in opts.whats:
     results += input_measure(config, opts, compare_torch)
   report.update(results=results, ratios=ratios(results), load_average_end=os.getloadavg())
@@ -691,7 +697,7 @@ def run(config: Any, opts: Options, compare_torch: bool = False) -> dict[str, An
 def format_tables(report: dict[str, Any]) -> str:
   """The results and ratios as markdown tables."""
   env = report["environment"]
-  lines = [f"{env['device']['kind']} ({env['device']['cpu']}), {env['threads']['cpus']} CPUs, "
+  lines = [f"device: {env['device']['kind']} ({env['device']['cpu']}), {env['threads']['cpus']} CPUs, "
            f"load {report['load_average_start'][0]:.2f} -> {report['load_average_end'][0]:.2f}, "
            f"peak {report['peak_flops'] / 1e9:.0f} GFLOP/s ({report['peak_source']})", "",
            "| impl | variant | what | batch | dtype | images/s | median s | compile s | "
@@ -745,6 +751,7 @@ def options_from_args(args: argparse.Namespace, config: Any) -> Options:
                      else min(int(data.get("num_workers", 0)), os.cpu_count() or 1)),
       input_batches=2 if args.quick else 8,
       input_jpeg=(256, 192) if args.quick else (1024, 768),
+      peak_matmul=512 if args.quick else 2048,
       compiler_options=(("xla_backend_optimization_level", 0),) if args.quick else ())
 
 

@@ -275,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   iterator = iter(stream)
   if manager.latest_step() is not None:
     state = _restore(manager, abstract_state, iterator)
-    logging.info("resumed from step %d", int(state.step))
+    logging.warning("resumed from step %d", int(state.step))
   else:
     state = jax.jit(create_state, out_shardings=state_shardings)()
   step = int(jax.device_get(state.step))

@@ -38,3 +38,13 @@ def tiny_model(tiny_model_dir: str):
   from promptiqa_jax.inference import PromptIQA
 
   return PromptIQA.from_checkpoint(tiny_model_dir, batch_size=3)
+
+
+@pytest.fixture(scope="session")
+def smoke_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+  """A data_dir holding the tiny synthetic_iqa build that `tests/smoke_config.py` trains on."""
+  import smoke_config
+
+  data_dir = str(tmp_path_factory.mktemp("smoke_tfds"))
+  smoke_config.build(data_dir)
+  return data_dir

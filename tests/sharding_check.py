@@ -1,10 +1,11 @@
 """One update of a small PromptIQA on 1 device, on 8 (data=8) and on data=4 x fsdp=2; prints JSON.
 
-Run by tests/test_sharding.py in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8
-(the flag must be set before JAX starts, and the pytest process keeps its single device). The model
-keeps every kind of layer of the reference (ViT, MAL, BatchNorm head, prompt transformers) and its
-dropout: BatchNorm statistics span the whole global batch, and dropout masks must not depend on how
-the batch is split. The update is the training program's (make_train_step under jit_train_step).
+Run by tests/test_sharding.py in a subprocess with 8 simulated CPU devices (XLA_FLAGS=
+--xla_force_host_platform_device_count=8 must be set before JAX starts; pytest keeps one device).
+The model keeps every kind of layer of the reference (ViT, MAL, BatchNorm head, prompt
+transformers) and its dropout: BatchNorm statistics span the whole global batch, and dropout masks
+must not depend on how the batch is split. The update is the training program's (make_train_step
+under jit_train_step).
 """
 import json
 import os
@@ -94,7 +95,7 @@ def main():
     result["params_max_diff"] = max(float(np.abs(v - flat(reference.params)[k]).max())
                                     for k, v in flat(new.params).items())
     result["split_arrays"] = split
-    result["step"] = int(new.step)
+    result["train_step"] = int(new.step)
     report[name] = result
   print("REPORT " + json.dumps(report))
 

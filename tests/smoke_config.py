@@ -1,15 +1,15 @@
-"""`configs/synthetic.py:smoke` on a tiny synthetic_iqa build, for tests that run the training program.
+"""`configs/synthetic.py:smoke` on a tiny synthetic_iqa build, for tests that run training.
 
   python -m promptiqa_jax.train --config tests/smoke_config.py:DATA_DIR --workdir WORKDIR
 
-The recipe names the default build ("synthetic_iqa:psnr"); here the names point at the build
-`build(DATA_DIR)` makes (6 contents, 5 records each, 16 px), which takes seconds. Command-line
-overrides cannot replace list fields such as config.data.train, hence this file.
+The recipe names the default build ("synthetic_iqa:psnr"); here the names point at the build that
+`build(DATA_DIR)` makes (6 contents, 5 records each, 16 px) in seconds. Command-line overrides
+cannot replace list fields such as config.data.train, hence this file.
 """
 import importlib.util
 import os
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 BUILD = dict(image_size=16, crops_per_content=1, distorted_per_crop=5,
              contents=("astronaut", "camera", "chelsea", "coffee", "coins", "brick"))
 
@@ -22,9 +22,9 @@ def build(data_dir: str) -> None:
 
 
 def recipe(name: str):
-  """A config file of `configs/` as a module (loaded by path: the repo root need not be importable)."""
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", os.path.join(REPO, "configs",
-                                                                                f"{name}.py"))
+  """configs/NAME.py as a module, loaded by path as --config loads it."""
+  path = os.path.join(CONFIGS, name + ".py")
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module

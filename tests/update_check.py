@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 # Float32 gradient agreement measured on the tiny model: torch vs JAX within 8e-6 of each tensor's
-# largest entry, 1 vs 8 devices within 1e-6; gradients that are 0 up to rounding reach 5e-9.
+# largest entry, 1 vs 8 devices within 1e-6; gradients that are 0 up to rounding (a bias under a
+# softmax, a conv bias before BatchNorm) reach 2e-8.
 GRAD_RTOL = 3e-5
-GRAD_ATOL = 1e-8
+GRAD_ATOL = 1e-7
 
 
 def gradient_tolerance(grad: np.ndarray) -> float:
@@ -37,11 +38,13 @@ def first_step_tolerance(grad: np.ndarray, tolerance: float, lr: float, eps: flo
 def compare_first_step(before: dict[str, np.ndarray], grads: dict[str, np.ndarray],
                        expected: dict[str, dict[str, np.ndarray]],
                        actual: dict[str, dict[str, np.ndarray]], lr: float, b1: float, b2: float,
-                       eps: float) -> dict[str, float]:
+                       eps: float, step_rtol: float = 0.0) -> dict[str, float]:
   """Worst error / tolerance of the first Adam step, over every tensor (passing: all <= 1).
 
   before: parameters before the step; grads: the reference gradients, weight decay included;
   expected, actual: {"params": ..., "mu": ..., "nu": ...} after the step, the same keys throughout.
+  step_rtol: a further tolerance on the step relative to lr, for implementations that round the
+  same formula differently.
   Returns the worst ratios of mu, nu, the step (after - before) and the parameters; and, over the
   elements whose gradient fixes the step to 1e-4 lr, their fraction and largest step error in lr.
   """
@@ -56,9 +59,10 @@ def compare_first_step(before: dict[str, np.ndarray], grads: dict[str, np.ndarra
     worst["nu"] = max(worst["nu"], _ratio(act["nu"], exp["nu"],
                                            (1 - b2) * (2 * np.abs(g) * tol + tol**2)))
     adam_tol = first_step_tolerance(g, tol, lr, eps)
-    # Each side rounds p0 + u to float32: up to half a spacing each.
-    step_tol = adam_tol + np.spacing(np.abs(exp["params"]).astype(np.float32)).astype(np.float64)
     p0 = p0.astype(np.float64)
+    # Float32 rounding on each side: of u (a few operations at magnitude lr) and of p0 + u.
+    scale = np.maximum(np.maximum(np.abs(p0), np.abs(exp["params"])), lr).astype(np.float32)
+    step_tol = adam_tol + step_rtol * lr + 4 * np.spacing(scale).astype(np.float64)
     step_error = np.abs((act["params"] - p0) - (exp["params"] - p0))
     worst["step"] = max(worst["step"], float(np.max(step_error / step_tol)))
     worst["params"] = max(worst["params"], _ratio(act["params"], exp["params"], step_tol))

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from promptiqa_jax.models.vit import softmax_attention
+
 Dtype = Any
 
 
@@ -56,8 +58,7 @@ class ScrambledAttentionBlock(nn.Module):
     q = nn.Dense(dim, dtype=self.dtype, name="c_q")(x)
     k = nn.Dense(dim, dtype=self.dtype, name="c_k")(x)
     v = nn.Dense(dim, dtype=self.dtype, name="c_v")(x)
-    y = jax.nn.dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None],
-                                     scale=dim**-0.5)[:, :, 0]
+    y = softmax_attention(q, k, v, dim**-0.5)
     y = jnp.swapaxes(y, 1, 2).reshape(batch, length, dim)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     return x + y

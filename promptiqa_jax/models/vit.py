@@ -40,10 +40,24 @@ def layer_norm(epsilon: float, dtype: Dtype, name: str | None = None) -> LayerNo
   return LayerNorm(epsilon, dtype, name=name)
 
 
+def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
+  """softmax(q k^T * scale) v over the last two axes; leading axes are batch axes.
+
+  `q: [..., Lq, H]`, `k, v: [..., Lk, H]` -> `[..., Lq, H]`. Logits and softmax in float32, as
+  jax.nn.dot_product_attention computes them. With heads as a leading batch axis, XLA's CPU
+  backend runs this 2-3x faster than jax.nn.dot_product_attention's XLA path, whose einsums keep
+  heads between the sequence and feature axes (measured on a ViT-B/8 block and the MALs' views).
+  """
+  logits = jnp.einsum("...qh,...kh->...qk", q, k, preferred_element_type=jnp.float32) * scale
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("...qk,...kh->...qh", probs, v)
+
+
 class MultiHeadAttention(nn.Module):
   """Fused-qkv multi-head self-attention. `x: [B, L, D] -> [B, L, D]`.
 
-  `implementation`: jax.nn.dot_product_attention's (None: XLA's; "cudnn": the fused GPU kernel).
+  `implementation`: None for `softmax_attention` (any platform), or one of
+  jax.nn.dot_product_attention's, e.g. "cudnn" for the fused (flash) kernel of NVIDIA GPUs.
   """
 
   num_heads: int
@@ -58,9 +72,12 @@ class MultiHeadAttention(nn.Module):
     # The fused qkv output is laid out (q|k|v, head, head_dim), the reference's ordering.
     qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
     qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5,
-                                       implementation=self.implementation)
+    if self.implementation is None:
+      q, k, v = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # each [B, heads, L, head_dim]
+      out = jnp.swapaxes(softmax_attention(q, k, v, head_dim**-0.5), 1, 2)
+    else:
+      out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                                         scale=head_dim**-0.5, implementation=self.implementation)
     return nn.Dense(dim, dtype=self.dtype, name="proj")(out.reshape(batch, length, dim))
 
 
