@@ -218,10 +218,10 @@ def stand_in(folder, name: str, body: str) -> str:
 
 
 def test_local_launcher_stops_everything_when_one_process_fails(tmp_path):
-  # Process 1 fails at once; process 0 would wait for it forever (as in a collective).
+  # Process 1 fails once process 0 runs; process 0 would wait for it forever (as in a collective).
   python = stand_in(tmp_path, "python", f"""
-case "$*" in *--process_id=1*) exit 3 ;; esac
-echo "$*" > {tmp_path}/args0
+case "$*" in *--process_id=1*) until [[ -e {tmp_path}/args0 ]]; do sleep 0.05; done; exit 3 ;; esac
+echo "$*" > {tmp_path}/args && mv {tmp_path}/args {tmp_path}/args0
 exec sleep 60
 """)
   started = time.monotonic()
