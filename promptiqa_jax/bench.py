@@ -22,6 +22,9 @@ growth of the resident set's high-water mark while the measurement ran, model bu
 JAX and PyTorch run one after the other, each freed before the next. Threads: XLA sizes its CPU
 thread pool from the process's CPU affinity, so `--threads N` pins the process to N CPUs before JAX
 starts and sets `torch.set_num_threads(N)`; by default both use every CPU the process may run on.
+Denormals: XLA's CPU code flushes them to zero, PyTorch's does not by default, and the MALs'
+unscaled softmax underflows into them (a float32 matmul over such probabilities ran ~20x slower in
+PyTorch here); `--torch-flush-denormal` measures PyTorch with them flushed too.
 """
 from __future__ import annotations
 
@@ -61,6 +64,9 @@ class Options:
   warmup: int = 2
   repeats: int = 5
   torch_variants: tuple[str, ...] = ()
+  # Flush denormals to zero in PyTorch's threads (XLA's CPU code does by default): records get
+  # "+ftz". PyTorch's default keeps them, and the MALs' softmax underflows into denormals.
+  torch_flush_denormal: bool = False
   input_workers: int = 0
   input_batches: int = 8
   input_jpeg: tuple[int, int] = (1024, 768)
@@ -92,10 +98,9 @@ def model_flops(cfg: Any, prompt_size: int) -> dict[str, float]:
 
   Per image: `vit`, `mal_spatial` and `mal_views` (the MALs over the taps), `fusion_mal`,
   `fusion_block`, `cnn_head` (or, for the small models' backbones, `cnn` and `cnn_mlp`) and their
-  sum `image`. `pair`: one prompt
-  vector from an image-score pair. `fusion`: prompt fusion of `prompt_size` vectors, once per
-  prompt. `query`: one query scored against `prompt_size` fused vectors. ViT blocks after the last
-  tap are not counted (they cannot change the output).
+  sum `image`. `pair`: one prompt vector from an image-score pair. `fusion`: prompt fusion of
+  `prompt_size` vectors, once per prompt. `query`: one query scored against `prompt_size` fused
+  vectors. ViT blocks after the last tap are not counted (they cannot change the output).
   """
   d, ratio = cfg.prompt_width, cfg.mlp_ratio
   parts: dict[str, float] = {}
@@ -137,8 +142,9 @@ def _stats_encoder_flops(cfg: Any) -> tuple[float, float]:
 
   def shapes(x):
     params = network.init(jax.random.PRNGKey(0), x)["params"]
+    convs_only = lambda module, _: isinstance(module, nn.Conv)  # noqa: E731
     stages, state = network.apply({"params": params}, x, mutable=["intermediates"],
-                                  capture_intermediates=lambda module, _: isinstance(module, nn.Conv))
+                                  capture_intermediates=convs_only)
     return params, stages, state["intermediates"]
 
   params, stages, convs_out = jax.eval_shape(shapes, images)
@@ -274,8 +280,8 @@ def jax_measure(cfg: Any, variables: Any, optim: Any, opts: Options,
   prompt_scores = jnp.asarray(rng.uniform(0, 1, p), jnp.float32)
   results = []
 
-  def measure(what, batch, images, fn, args, donate=(), prompt_size=p):
-    compiled, info = _jax_compile(fn, args, opts, donate)
+  def measure(what, batch, images, fn, args, donate=(), prompt_size=p, executable=None):
+    compiled, info = executable or _jax_compile(fn, args, opts, donate)
     holder = list(args)
 
     def call():
@@ -298,10 +304,13 @@ def jax_measure(cfg: Any, variables: Any, optim: Any, opts: Options,
     features = module.apply(v, images, method=Module.image_features)
     return module.apply(v, features, fused, method=Module.score_with_fused)
 
-  if "prompt" in opts.whats:
-    measure("prompt", p, p, encode, (variables, prompt_images, prompt_scores))
+  if "prompt" in opts.whats or "infer" in opts.whats:
+    prompt_args = (variables, prompt_images, prompt_scores)
+    encoder = _jax_compile(encode, prompt_args, opts)
+    if "prompt" in opts.whats:
+      measure("prompt", p, p, encode, prompt_args, executable=encoder)
+    fused = encoder[0](*prompt_args)  # the cached prompt that scoring uses
   if "infer" in opts.whats:
-    fused = jax.jit(encode)(variables, prompt_images, prompt_scores)
     for batch in opts.batch_sizes:
       images = jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)), jnp.float32)
       measure("infer", batch, batch, score, (variables, images, fused))
@@ -335,15 +344,27 @@ def _jax_train_state(module: Any, cfg: Any, variables: Any, optim: Any) -> tuple
   return state, make_train_step(module, tx, schedule)
 
 
-def jax_profile(module: Any, cfg: Any, variables: Any, images: Any, scores: Any, opts: Options,
-                peak: float) -> list[dict[str, Any]]:
-  """Each stage of the forward pass compiled and timed on its own, on the prompt's images."""
-  import jax
+def jax_stages(cfg: Any) -> list[tuple[str, Callable]]:
+  """The profile's stages in order, as functions of the bound model (`apply(..., method=fn)`)."""
   import jax.numpy as jnp
 
   from promptiqa_jax.models.promptiqa import PromptIQA as Module
 
   dtype = jnp.dtype(cfg.dtype)
+  return _stages(cfg, {
+      "backbone": Module.image_features,
+      "vit": lambda m, x: m.vit(x.astype(dtype)),
+      "mals": lambda m, taps: [mal(taps, False) for mal in m.mals],
+      "fusion": lambda m, maps: m.block(m.fusion_mal(maps, False)),
+      "cnn_head": lambda m, x: m.cnn(x.reshape((x.shape[0], cfg.grid, cfg.grid, -1)), False),
+      "prompt": lambda m, f, s: m.fuse_prompt(m.prompt_vectors(f, s)),
+      "query": Module.score_with_fused})
+
+
+def jax_profile(module: Any, cfg: Any, variables: Any, images: Any, scores: Any, opts: Options,
+                peak: float) -> list[dict[str, Any]]:
+  """Each stage of the forward pass compiled and timed on its own, on the prompt's images."""
+  import jax
 
   def run(fn):
     def stage(*args):
@@ -354,21 +375,15 @@ def jax_profile(module: Any, cfg: Any, variables: Any, images: Any, scores: Any,
       return compiled(variables, *args), times, info
     return stage
 
-  stages = _stages(cfg, {
-      "backbone": Module.image_features,
-      "vit": lambda m, x: m.vit(x.astype(dtype)),
-      "mals": lambda m, taps: [mal(taps, False) for mal in m.mals],
-      "fusion": lambda m, maps: m.block(m.fusion_mal(maps, False)),
-      "cnn_head": lambda m, x: m.cnn(x.reshape((x.shape[0], cfg.grid, cfg.grid, -1)), False),
-      "prompt": lambda m, f, s: m.fuse_prompt(m.prompt_vectors(f, s)),
-      "query": Module.score_with_fused}, run)
+  stages = [(name, run(fn)) for name, fn in jax_stages(cfg)]
   return _profile("jax", "xla", cfg, stages, images, scores, opts, peak)
 
 
-def _stages(cfg: Any, fns: dict[str, Any], wrap: Callable) -> list[tuple[str, Callable]]:
-  """The profile's stages in order, each `wrap(fn)`: the backbone, or ViT, MALs, fusion, head."""
+def _stages(cfg: Any, fns: dict[str, Any]) -> list[tuple[str, Any]]:
+  """(name, fns[name]) in order: the backbone, or the ViT, MALs, fusion and head; then the
+  prompt (pair encoding and fusion) and the query."""
   names = ["vit", "mals", "fusion", "cnn_head"] if cfg.backbone == "vit" else ["backbone"]
-  return [(name, wrap(fns[name])) for name in names + ["prompt", "query"]]
+  return [(name, fns[name]) for name in names + ["prompt", "query"]]
 
 
 _STAGE_FLOPS = {"backbone": ("image",), "vit": ("vit",), "mals": ("mal_spatial", "mal_views"),
@@ -469,7 +484,8 @@ def torch_measure(cfg: Any, state: dict[str, np.ndarray], optim: Any, opts: Opti
       memory = (torch.cuda.max_memory_allocated(), "cuda_allocator") if device == "cuda" else (
           host.bytes, "host_rss_high_water")
       extra = {"compile_s": first - statistics.median(times)} if compiled else {}
-      results.append(record("torch", variant, what, batch, dtype, images, times,
+      name = variant + ("+ftz" if opts.torch_flush_denormal else "")
+      results.append(record("torch", name, what, batch, dtype, images, times,
                              workload_flops(cfg, what, batch, prompt_size), peak,
                              peak_memory_bytes=memory[0], memory_source=memory[1], **extra))
       del model, call
@@ -542,14 +558,15 @@ def _torch_profile(model: Any, cfg: Any, images: Any, scores: Any, sync: Callabl
       return call(), times, {}
     return stage
 
-  stages = _stages(cfg, {
+  stages = [(name, wrap(fn)) for name, fn in _stages(cfg, {
       "vit": model.backbone_taps,
       "mals": lambda taps: model.mal_maps(model.tap_maps(taps)),
       "fusion": model.fuse_maps,
       "cnn_head": model.head_features,
       "prompt": lambda f, s: model.fuse_prompt(model.prompt_vectors(f, s)),
-      "query": model.score_with_fused}, wrap)
-  return _profile("torch", "eager", cfg, stages, images, scores, opts, peak)
+      "query": model.score_with_fused})]
+  return _profile("torch", "eager" + ("+ftz" if opts.torch_flush_denormal else ""), cfg, stages,
+                  images, scores, opts, peak)
 
 
 # The input stream.
@@ -630,7 +647,8 @@ def environment() -> dict[str, Any]:
   cpu = platform.processor()
   try:
     with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+      cpu = next((line.split(":", 1)[1].strip() for line in f
+                  if line.startswith("model name")), cpu)
   except OSError:
     pass
   device = jax.devices()[0]
@@ -672,9 +690,10 @@ def run(config: Any, opts: Options, compare_torch: bool = False) -> dict[str, An
   model_whats = [w for w in opts.whats if w != "input"]
   if model_whats:
     size = cfg.image_size
-    variables = jax.jit(Module(cfg).init)(
-        jax.random.PRNGKey(0), np.zeros((1, 2, size, size, 3), np.float32),
-        np.zeros((1, 2), np.float32))
+    init_args = (jax.random.PRNGKey(0), np.zeros((1, 2, size, size, 3), np.float32),
+                 np.zeros((1, 2), np.float32))
+    variables = jax.jit(Module(cfg).init).lower(*init_args).compile(
+        dict(opts.compiler_options) or None)(*init_args)
     state = None
     if compare_torch and cfg.backbone != "vit":
       report["notes"].append(f"no PyTorch implementation of backbone {cfg.backbone!r}: JAX only")
@@ -697,8 +716,9 @@ def run(config: Any, opts: Options, compare_torch: bool = False) -> dict[str, An
 def format_tables(report: dict[str, Any]) -> str:
   """The results and ratios as markdown tables."""
   env = report["environment"]
-  lines = [f"device: {env['device']['kind']} ({env['device']['cpu']}), {env['threads']['cpus']} CPUs, "
-           f"load {report['load_average_start'][0]:.2f} -> {report['load_average_end'][0]:.2f}, "
+  lines = [f"device: {env['device']['kind']} ({env['device']['cpu']}), "
+           f"{env['threads']['cpus']} CPUs, load {report['load_average_start'][0]:.2f} -> "
+           f"{report['load_average_end'][0]:.2f}, "
            f"peak {report['peak_flops'] / 1e9:.0f} GFLOP/s ({report['peak_source']})", "",
            "| impl | variant | what | batch | dtype | images/s | median s | compile s | "
            "GFLOP/s | MFU | XLA/analytic FLOPs | peak memory |",
@@ -745,8 +765,8 @@ def options_from_args(args: argparse.Namespace, config: Any) -> Options:
       group_size=args.group_size or int(data.group_size),
       prompt_size=int(data.prompt_size), dtype=args.dtype, remat=args.remat,
       attention=args.attention,
-      warmup=1 if args.quick else args.warmup, repeats=2 if args.quick else args.repeats,
-      torch_variants=variants,
+      warmup=1 if args.quick else args.warmup, repeats=1 if args.quick else args.repeats,
+      torch_variants=variants, torch_flush_denormal=args.torch_flush_denormal,
       input_workers=(args.input_workers if args.input_workers is not None
                      else min(int(data.get("num_workers", 0)), os.cpu_count() or 1)),
       input_batches=2 if args.quick else 8,
@@ -762,6 +782,8 @@ def main(args: argparse.Namespace) -> int:
   if args.compare == "torch":
     import torch
 
+    # Before PyTorch starts its threads: they inherit the floating-point mode of this one.
+    torch.set_flush_denormal(args.torch_flush_denormal)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     # TF32 matmuls, as JAX's default precision uses on GPUs; no effect on CPUs.
     torch.set_float32_matmul_precision("high")

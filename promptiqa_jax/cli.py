@@ -171,22 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
   bench.add_argument("--compare", choices=["torch"], help="also measure the PyTorch implementation")
   bench.add_argument("--torch-variants", help="comma-separated: eager, compile, autocast, "
                      "compile_autocast (default: eager,compile, or the autocast pair for bfloat16)")
+  bench.add_argument("--torch-flush-denormal", action="store_true",
+                     help="PyTorch on CPU: flush denormals to zero, as XLA does (variants get +ftz)")
   bench.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                      help="compute dtype (parameters stay float32)")
   bench.add_argument("--remat", action="store_true", help="rematerialise ViT blocks and MALs")
   bench.add_argument("--attention", choices=["xla", "cudnn"], default="xla",
                      help="image-branch attention kernel (cudnn: GPUs, with --dtype bfloat16)")
   bench.add_argument("--groups", type=int, help="train: groups per step (default: the config's)")
-  bench.add_argument("--group-size", type=int, help="train: images per group (default: the config's)")
+  bench.add_argument("--group-size", type=int,
+                     help="train: images per group (default: the config's)")
   bench.add_argument("--batch-sizes", help="infer: comma-separated batch sizes (default: 1 and the "
                      "config's eval batch size)")
-  bench.add_argument("--warmup", type=int, default=2, help="untimed calls first (compile included)")
+  bench.add_argument("--warmup", type=int, default=2,
+                     help="untimed calls first (torch.compile compiles in the first)")
   bench.add_argument("--repeats", type=int, default=5, help="timed calls; the median is reported")
   bench.add_argument("--threads", type=int, help="pin to this many CPUs (XLA and torch threads)")
   bench.add_argument("--input-workers", type=int,
                      help="input: worker processes (default: the config's, at most the CPU count)")
-  bench.add_argument("--quick", action="store_true", help="fewest runs: 1 warm-up, 2 timed, small "
-                     "batches and images, PyTorch eager only (a smoke test of the harness)")
+  bench.add_argument("--quick", action="store_true", help="fewest runs: 1 warm-up, 1 timed, small "
+                     "batches and images, XLA at optimisation level 0, PyTorch eager only (a "
+                     "smoke test of the harness)")
   bench.add_argument("--json", help="write the report (results, ratios, device, versions) here")
   bench.set_defaults(run=_bench)
   return parser
