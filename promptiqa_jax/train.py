@@ -102,8 +102,8 @@ def make_train_step(model: PromptIQA, tx: optax.GradientTransformation,
     metrics = {
         "loss": loss,
         "learning_rate": schedule(state.step),
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(params),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
     }
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
