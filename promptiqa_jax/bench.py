@@ -635,7 +635,7 @@ def device_peak(dtype: str, n: int = 2048) -> tuple[float, str]:
 
 
 def environment() -> dict[str, Any]:
-  """Device, versions and threads."""
+  """Device, versions, threads and XLA_FLAGS."""
   import jax
 
   versions = {"python": platform.python_version()}
@@ -660,7 +660,7 @@ def environment() -> dict[str, Any]:
     threads["torch"] = torch.get_num_threads()
   return {"device": {"platform": device.platform, "kind": device.device_kind, "count":
                      len(jax.devices()), "cpu": cpu},
-          "versions": versions, "threads": threads}
+          "versions": versions, "threads": threads, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
