@@ -31,6 +31,7 @@ def assert_close(actual, expected, where: str, atol: float = ATOL):
   actual, expected = np.asarray(actual), np.asarray(expected)
   assert actual.shape == expected.shape, f"{where}: shape {actual.shape} != {expected.shape}"
   error = np.abs(actual - expected).max()
+  print(f"{where}: max abs error {error:.3g} (tolerance {atol:.3g})")  # shown with pytest -s
   assert error <= atol, f"{where}: max abs error {error:.3g} > {atol}"
 
 
