@@ -108,6 +108,8 @@ class PromptIQA:
     self.batch_size = batch_size
     self.variables = jax.device_put(variables)
     self._fns = _compiled_functions(config)
+    # Image features and prompts are float32, or float64 under a float64 (verification) config.
+    self._features_dtype = np.dtype(jnp.promote_types(config.dtype, jnp.float32))
 
   @classmethod
   def from_torch(cls, path: str | os.PathLike, config: ModelConfig | None = None,
@@ -160,13 +162,14 @@ class PromptIQA:
   def encode_prompt_features(self, features: np.ndarray, scores: Sequence[float]) -> Prompt:
     """As `encode_prompt`, from image features `[P, D]` already computed."""
     scores = validate_scores(scores, count=len(features))
-    vectors, fused = self._fns.encode(self.variables, np.asarray(features, np.float32), scores)
+    vectors, fused = self._fns.encode(self.variables,
+                                      np.asarray(features, self._features_dtype), scores)
     return Prompt(np.asarray(vectors), np.asarray(fused), scores)
 
   def score_features(self, features: np.ndarray, prompt: Prompt) -> np.ndarray:
     """Scores from image features `[N, D]` already computed: `[N]`. Evaluations that try many
     prompts on the same images compute the (costly) features once and call this per prompt."""
-    features = np.asarray(features, np.float32)
+    features = np.asarray(features, self._features_dtype)
     return self._batched(self._fns.score_features, features, jnp.asarray(prompt.fused))
 
   def score(self, images: Images, prompt: Prompt) -> np.ndarray:

@@ -49,7 +49,8 @@ class ModelConfig:
   # "repeat": the reference's score token (the score repeated prompt_width times);
   # "linear": a learned embedding of the score, for small models trained from scratch.
   score_embedding: str = "repeat"
-  # Compute dtype; parameters are always float32.
+  # Compute dtype; parameters are always float32. "float64" (needs jax_enable_x64) is for
+  # numerical verification: the parity tests compare it with PyTorch in float64.
   dtype: str = "float32"
   # Recompute the ViT blocks and the MALs in the backward pass instead of keeping their
   # activations: less memory for a training step, about one more forward pass of time.
@@ -100,8 +101,8 @@ class ModelConfig:
       raise ValueError(f"backbone must be 'vit', 'alexnet' or 'vgg16', not {self.backbone!r}")
     if self.score_embedding not in ("repeat", "linear"):
       raise ValueError(f"score_embedding must be 'repeat' or 'linear', not {self.score_embedding!r}")
-    if self.dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
+    if self.dtype not in ("float32", "bfloat16", "float64"):
+      raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float64', not {self.dtype!r}")
     if self.attention not in ("xla", "cudnn"):
       raise ValueError(f"attention must be 'xla' or 'cudnn', not {self.attention!r}")
     if self.attention == "cudnn" and self.dtype != "bfloat16":

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from promptiqa_jax.models.vit import wide
+
 _STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 # LPIPS's input normalisation for its VGG, on images in [-1, 1].
 _SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
@@ -80,12 +82,12 @@ class CNNStatsEncoder(nn.Module):
     # The pixels' own colour statistics (per-channel mean and std, and of the saturation
     # max - min over channels) go in beside the CNN's: ImageNet features are built to ignore
     # global colour and brightness shifts, which colour-difference requirements are about.
-    pixels = images.astype(jnp.float32)
+    pixels = images.astype(wide(self.dtype))
     saturation = jnp.max(pixels, axis=-1, keepdims=True) - jnp.min(pixels, axis=-1, keepdims=True)
     stats = []
     for x in [jnp.concatenate([pixels, saturation], axis=-1)] + NETWORKS[self.network][0](
         self.dtype, name="cnn")(images):
-      x = x.astype(jnp.float32)
+      x = x.astype(wide(self.dtype))
       mean = jnp.mean(x, axis=(1, 2))
       std = jnp.sqrt(jnp.var(x, axis=(1, 2)) + 1e-6)
       stats += [mean, std]
@@ -95,7 +97,7 @@ class CNNStatsEncoder(nn.Module):
     features = nn.LayerNorm(dtype=self.dtype, name="norm")(features)
     features = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(features),
                        approximate=False)
-    return nn.Dense(self.width, dtype=self.dtype, name="fc2")(features).astype(jnp.float32)
+    return nn.Dense(self.width, dtype=self.dtype, name="fc2")(features).astype(wide(self.dtype))
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

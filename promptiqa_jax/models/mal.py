@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from promptiqa_jax.models.vit import softmax_attention
+from promptiqa_jax.models.vit import softmax_attention, wide
 
 Dtype = Any
 
@@ -35,7 +35,7 @@ class SpatialSelfAttention(nn.Module):
     k = nn.Dense(channels // self.reduction, dtype=self.dtype, name="kConv")(x)
     v = nn.Dense(channels, dtype=self.dtype, name="vConv")(x)
     energy = jnp.einsum("bic,bjc->bij", q, k)
-    attention = jax.nn.softmax(energy.astype(jnp.float32), axis=-1).astype(v.dtype)
+    attention = jax.nn.softmax(energy.astype(wide(energy.dtype)), axis=-1).astype(v.dtype)
     out = jnp.einsum("bij,bjc->bic", attention, v)
     gamma = self.param("gamma", nn.initializers.zeros, (1,))
     return gamma.astype(out.dtype) * out + x

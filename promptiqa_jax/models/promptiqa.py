@@ -17,7 +17,7 @@ import numpy as np
 from promptiqa_jax.models.config import ModelConfig
 from promptiqa_jax.models.mal import MAL
 from promptiqa_jax.models.lpips_backbones import CNNStatsEncoder
-from promptiqa_jax.models.vit import Block, VisionTransformer, layer_norm
+from promptiqa_jax.models.vit import Block, VisionTransformer, layer_norm, wide
 
 
 class ReferenceBatchNorm(nn.Module):
@@ -41,7 +41,7 @@ class ReferenceBatchNorm(nn.Module):
     running_var = self.variable("batch_stats", "var", jnp.ones, (features,))
     if train:
       axes = tuple(range(x.ndim - 1))
-      x32 = x.astype(jnp.float32)
+      x32 = x.astype(wide(self.dtype))
       mean = jnp.mean(x32, axes)
       var = jnp.mean(jnp.square(x32 - mean), axes)
       count = np.prod([x.shape[a] for a in axes])
@@ -51,7 +51,7 @@ class ReferenceBatchNorm(nn.Module):
         running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
     else:
       mean, var = running_mean.value, running_var.value
-    inv = jax.lax.rsqrt(var + self.epsilon) * scale
+    inv = jax.lax.rsqrt(var.astype(wide(self.dtype)) + self.epsilon) * scale
     return ((x - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype))
 
 
@@ -83,6 +83,9 @@ class PromptIQA(nn.Module):
   def setup(self):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
+    if dtype == jnp.float64 and not jax.config.read("jax_enable_x64"):
+      raise ValueError("dtype='float64' needs 64-bit JAX: run inside `with jax.enable_x64(True):` "
+                       "or set jax.config.update('jax_enable_x64', True)")
     if cfg.backbone != "vit":
       self.backbone = CNNStatsEncoder(cfg.backbone, cfg.prompt_width, cfg.backbone_hidden,
                                       cfg.freeze_backbone, dtype)
@@ -114,7 +117,7 @@ class PromptIQA(nn.Module):
     self.score_out = nn.Dense(1, dtype=dtype)
 
   def image_features(self, images: jax.Array, train: bool = False) -> jax.Array:
-    """`images: [N, H, W, 3]` in [-1, 1] -> image features f(x) `[N, D]` (float32)."""
+    """`images: [N, H, W, 3]` in [-1, 1] -> image features f(x) `[N, D]` (float32, or float64)."""
     dtype = jnp.dtype(self.config.dtype)
     if self.config.backbone != "vit":
       return self.backbone(images)
@@ -124,7 +127,7 @@ class PromptIQA(nn.Module):
     fused = self.block(fused)
     grid = self.config.grid
     fused = fused.reshape(fused.shape[0], grid, grid, fused.shape[-1])
-    return self.cnn(fused, train).astype(jnp.float32)
+    return self.cnn(fused, train).astype(wide(dtype))
 
   def prompt_vectors(self, features: jax.Array, scores: jax.Array) -> jax.Array:
     """Prompt vectors p from pairs: `features [..., D]`, `scores [...]` -> `[..., D]`."""
@@ -142,7 +145,7 @@ class PromptIQA(nn.Module):
       tokens = block(tokens)
     pooled = jnp.mean(tokens, axis=1)
     vectors = self.pair_mlp_out(nn.gelu(self.pair_mlp_in(pooled), approximate=False))
-    return vectors.reshape(lead + vectors.shape[-1:]).astype(jnp.float32)
+    return vectors.reshape(lead + vectors.shape[-1:]).astype(wide(dtype))
 
   def fuse_prompt(self, vectors: jax.Array) -> jax.Array:
     """Prompt fusion, independent of the query: `[..., P, D] -> [..., P, D]`."""
@@ -150,7 +153,7 @@ class PromptIQA(nn.Module):
     tokens = vectors.astype(jnp.dtype(self.config.dtype)).reshape((-1,) + vectors.shape[-2:])
     for block in self.prompt_fusion:
       tokens = block(tokens)
-    return tokens.reshape(lead + tokens.shape[-2:]).astype(jnp.float32)
+    return tokens.reshape(lead + tokens.shape[-2:]).astype(wide(tokens.dtype))
 
   def score_with_fused(self, features: jax.Array, fused: jax.Array,
                        train: bool = False) -> jax.Array:
@@ -167,7 +170,7 @@ class PromptIQA(nn.Module):
       tokens = block(tokens)
     query = self.norm(tokens[:, 0])
     hidden = self.score_dropout(nn.relu(self.score_hidden(query)), deterministic=not train)
-    quality = jax.nn.sigmoid(self.score_out(hidden).astype(jnp.float32))
+    quality = jax.nn.sigmoid(self.score_out(hidden).astype(wide(dtype)))
     return quality.reshape(lead)
 
   def __call__(self, images: jax.Array, scores: jax.Array, train: bool = False) -> jax.Array:

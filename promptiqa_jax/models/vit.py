@@ -10,8 +10,14 @@ import jax.numpy as jnp
 Dtype = Any
 
 
+def wide(dtype: Dtype) -> jnp.dtype:
+  """The dtype statistics, logits and softmaxes are computed in: float32, or float64 when the
+  compute dtype is float64 (numerical verification)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 class LayerNorm(nn.Module):
-  """LayerNorm over the last axis with statistics in float32, computed the way PyTorch does.
+  """LayerNorm over the last axis with statistics in float32 (or wider), computed as PyTorch does.
 
   Two passes: the mean, then the mean of the centred values is removed again. A constant vector
   (the reference's score token: one score repeated) then centres to exactly zero and normalises
@@ -28,7 +34,7 @@ class LayerNorm(nn.Module):
     features = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (features,))
     bias = self.param("bias", nn.initializers.zeros, (features,))
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(wide(self.dtype))
     centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
     centred = centred - jnp.mean(centred, axis=-1, keepdims=True)
     variance = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
@@ -43,12 +49,12 @@ def layer_norm(epsilon: float, dtype: Dtype, name: str | None = None) -> LayerNo
 def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
   """softmax(q k^T * scale) v over the last two axes; leading axes are batch axes.
 
-  `q: [..., Lq, H]`, `k, v: [..., Lk, H]` -> `[..., Lq, H]`. Logits and softmax in float32, as
-  jax.nn.dot_product_attention computes them. With heads as a leading batch axis, XLA's CPU
+  `q: [..., Lq, H]`, `k, v: [..., Lk, H]` -> `[..., Lq, H]`. Logits and softmax in float32 (or
+  wider), as jax.nn.dot_product_attention computes them. With heads as a leading batch axis, XLA's CPU
   backend runs this 2-3x faster than jax.nn.dot_product_attention's XLA path, whose einsums keep
   heads between the sequence and feature axes (measured on a ViT-B/8 block and the MALs' views).
   """
-  logits = jnp.einsum("...qh,...kh->...qk", q, k, preferred_element_type=jnp.float32) * scale
+  logits = jnp.einsum("...qh,...kh->...qk", q, k, preferred_element_type=wide(q.dtype)) * scale
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.einsum("...qk,...kh->...qh", probs, v)
 
