@@ -177,6 +177,13 @@ def test_whole_model_tiny_float64(tiny, inputs):
     compare_api(model64, reference64, inputs["images"], inputs["scores"], atol=1e-12)
 
 
+def test_float64_needs_x64(tiny, inputs):
+  config, _, variables, _, _ = tiny
+  model = PromptIQA(variables, dataclasses.replace(config, dtype="float64"))
+  with pytest.raises(ValueError, match="dtype='float64' needs 64-bit JAX"):
+    model.image_features(inputs["images"][1])
+
+
 def test_linear_score_embedding(tmp_path, inputs):
   config = ModelConfig.tiny(score_embedding="linear")
   reference, variables = release_pair(config, tmp_path / "linear.pth.tar", seed=5)
