@@ -47,8 +47,12 @@ class ReferenceBatchNorm(nn.Module):
       count = np.prod([x.shape[a] for a in axes])
       if not self.is_initializing():
         unbiased = var * count / max(count - 1, 1)
-        running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
-        running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
+        # The running statistics keep their own dtype (float32) whatever the compute dtype.
+        stored = running_mean.value.dtype
+        running_mean.value = ((1 - self.momentum) * running_mean.value
+                              + self.momentum * mean).astype(stored)
+        running_var.value = ((1 - self.momentum) * running_var.value
+                             + self.momentum * unbiased).astype(stored)
     else:
       mean, var = running_mean.value, running_var.value
     inv = jax.lax.rsqrt(var.astype(wide(self.dtype)) + self.epsilon) * scale
@@ -153,7 +157,7 @@ class PromptIQA(nn.Module):
     tokens = vectors.astype(jnp.dtype(self.config.dtype)).reshape((-1,) + vectors.shape[-2:])
     for block in self.prompt_fusion:
       tokens = block(tokens)
-    return tokens.reshape(lead + tokens.shape[-2:]).astype(wide(tokens.dtype))
+    return tokens.reshape(lead + tokens.shape[-2:]).astype(wide(self.config.dtype))
 
   def score_with_fused(self, features: jax.Array, fused: jax.Array,
                        train: bool = False) -> jax.Array:
