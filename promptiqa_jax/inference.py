@@ -24,6 +24,7 @@ import numpy as np
 from promptiqa_jax.data import preprocess
 from promptiqa_jax.models.config import ModelConfig
 from promptiqa_jax.models.promptiqa import PromptIQA as PromptIQAModule
+from promptiqa_jax.models.vit import wide
 
 Images = Union[Sequence[Union[str, os.PathLike]], np.ndarray]
 
@@ -109,7 +110,7 @@ class PromptIQA:
     self.variables = jax.device_put(variables)
     self._fns = _compiled_functions(config)
     # Image features and prompts are float32, or float64 under a float64 (verification) config.
-    self._features_dtype = np.dtype(jnp.promote_types(config.dtype, jnp.float32))
+    self._features_dtype = np.dtype(wide(config.dtype))
 
   @classmethod
   def from_torch(cls, path: str | os.PathLike, config: ModelConfig | None = None,

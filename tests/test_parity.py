@@ -245,8 +245,8 @@ def test_whole_model_paper_size(tmp_path):
 
   In float64 the two implementations agree to rounding: they compute the same function (prompt
   vectors and scores; the training-form forward in float64 is checked on the tiny config, as
-  float64 costs minutes at this size on a CPU). In
-  float32, scores and the training-form forward agree within 1e-5 absolute. The prompt vectors
+  float64 costs minutes at this size on a CPU). In float32, scores and the training-form forward
+  agree within 1e-5 absolute. The prompt vectors
   (magnitude ~4.5) carry the image features' float32 rounding, which the MAL spatial attention
   amplifies (its logits are unscaled and reach ~300 with these weights): PyTorch float32 is itself
   2e-5 from float64 there, and differs from itself by 1.5e-5 between batch sizes 1 and 2 or
