@@ -329,13 +329,17 @@ class TorchPromptIQA(nn.Module):
 
 
 @torch.no_grad()
-def randomize_(model: nn.Module, seed: int) -> nn.Module:
+def randomize_(model: nn.Module, seed: int, gain: float = 1.0) -> nn.Module:
   """Gives every parameter and buffer of `model` random values, in place, and returns the model.
 
   Constants a port could map wrongly (LayerNorm/BatchNorm affine, running statistics, MAL gammas, the
   class token and position embedding) all move away from their init, at scales that keep
-  activations healthy: matrices and kernels N(0, 1/fan_in), norm weights 1 + 0.1 N, biases 0.05 N,
-  gammas U(0.2, 1), running_var U(0.5, 1.5), num_batches_tracked a random integer.
+  activations healthy: matrices and kernels N(0, gain**2 / fan_in), norm weights 1 + 0.1 N, biases
+  0.05 N, gammas U(0.2, 1), running_var U(0.5, 1.5), num_batches_tracked a random integer.
+
+  gain=3**-0.5 is the spread of PyTorch's default Linear/Conv init; at the paper size it keeps the
+  MAL spatial-attention logits (unscaled) below ~20. gain=1 drives them to ~100-600, where the
+  softmax is nearly one-hot and amplifies float32 rounding.
   """
   generator = torch.Generator().manual_seed(seed)
 
@@ -358,7 +362,7 @@ def randomize_(model: nn.Module, seed: int) -> nn.Module:
     elif leaf in ("cls_token", "pos_embed"):
       value = normal(tensor, 0.2)
     elif leaf == "weight" and tensor.dim() >= 2:
-      value = normal(tensor, tensor[0].numel()**-0.5)
+      value = normal(tensor, gain * tensor[0].numel()**-0.5)
     elif leaf == "weight":
       value = normal(tensor, 0.1, mean=1.0)
     elif leaf == "bias":
