@@ -214,7 +214,6 @@ def test_randomize_changes_every_tensor():
     assert torch.equal(value, after[key]), key
 
 
-
 def test_randomize_gain_scales_only_matrices():
   unit = torch_model.randomize_(torch_model.TorchPromptIQA(ModelConfig.tiny()), seed=4).state_dict()
   soft = torch_model.randomize_(torch_model.TorchPromptIQA(ModelConfig.tiny()), seed=4,
@@ -223,6 +222,7 @@ def test_randomize_gain_scales_only_matrices():
     matrix = key.endswith("weight") and value.dim() >= 2
     torch.testing.assert_close(value, unit[key] * 0.5 if matrix else unit[key], rtol=0, atol=0,
                                msg=key)
+
 
 def test_release_checkpoint_round_trip(tiny_model, tmp_path):
   path = tmp_path / "best_model.pth.tar"
