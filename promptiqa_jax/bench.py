@@ -269,9 +269,9 @@ def jax_measure(cfg: Any, variables: Any, optim: Any, opts: Options,
   import jax
   import jax.numpy as jnp
 
-  from promptiqa_jax.models.promptiqa import PromptIQA as Module
+  from promptiqa_jax.models.promptiqa import PromptIQANet
 
-  module = Module(cfg)
+  module = PromptIQANet(cfg)
   rng = np.random.default_rng(0)
   size, p = cfg.image_size, opts.prompt_size
   variant = "+".join(["xla"] + (["remat"] if cfg.remat else []) + (
@@ -296,13 +296,13 @@ def jax_measure(cfg: Any, variables: Any, optim: Any, opts: Options,
                           **info))
 
   def encode(v, images, scores):
-    features = module.apply(v, images, method=Module.image_features)
-    vectors = module.apply(v, features, scores, method=Module.prompt_vectors)
-    return module.apply(v, vectors, method=Module.fuse_prompt)
+    features = module.apply(v, images, method=PromptIQANet.image_features)
+    vectors = module.apply(v, features, scores, method=PromptIQANet.prompt_vectors)
+    return module.apply(v, vectors, method=PromptIQANet.fuse_prompt)
 
   def score(v, images, fused):
-    features = module.apply(v, images, method=Module.image_features)
-    return module.apply(v, features, fused, method=Module.score_with_fused)
+    features = module.apply(v, images, method=PromptIQANet.image_features)
+    return module.apply(v, features, fused, method=PromptIQANet.score_with_fused)
 
   if "prompt" in opts.whats or "infer" in opts.whats:
     prompt_args = (variables, prompt_images, prompt_scores)
@@ -348,17 +348,17 @@ def jax_stages(cfg: Any) -> list[tuple[str, Callable]]:
   """The profile's stages in order, as functions of the bound model (`apply(..., method=fn)`)."""
   import jax.numpy as jnp
 
-  from promptiqa_jax.models.promptiqa import PromptIQA as Module
+  from promptiqa_jax.models.promptiqa import PromptIQANet
 
   dtype = jnp.dtype(cfg.dtype)
   return _stages(cfg, {
-      "backbone": Module.image_features,
+      "backbone": PromptIQANet.image_features,
       "vit": lambda m, x: m.vit(x.astype(dtype)),
       "mals": lambda m, taps: [mal(taps, False) for mal in m.mals],
       "fusion": lambda m, maps: m.block(m.fusion_mal(maps, False)),
       "cnn_head": lambda m, x: m.cnn(x.reshape((x.shape[0], cfg.grid, cfg.grid, -1)), False),
       "prompt": lambda m, f, s: m.fuse_prompt(m.prompt_vectors(f, s)),
-      "query": Module.score_with_fused})
+      "query": PromptIQANet.score_with_fused})
 
 
 def jax_profile(module: Any, cfg: Any, variables: Any, images: Any, scores: Any, opts: Options,
@@ -677,7 +677,7 @@ def run(config: Any, opts: Options, compare_torch: bool = False) -> dict[str, An
   import jax
 
   from promptiqa_jax.models.config import ModelConfig
-  from promptiqa_jax.models.promptiqa import PromptIQA as Module
+  from promptiqa_jax.models.promptiqa import PromptIQANet
 
   cfg = dataclasses.replace(ModelConfig.from_mapping(config.model.to_dict()), dtype=opts.dtype,
                             remat=opts.remat, attention=opts.attention)
@@ -693,7 +693,7 @@ def run(config: Any, opts: Options, compare_torch: bool = False) -> dict[str, An
     size = cfg.image_size
     init_args = (jax.random.PRNGKey(0), np.zeros((1, 2, size, size, 3), np.float32),
                  np.zeros((1, 2), np.float32))
-    variables = jax.jit(Module(cfg).init).lower(*init_args).compile(
+    variables = jax.jit(PromptIQANet(cfg).init).lower(*init_args).compile(
         dict(opts.compiler_options) or None)(*init_args)
     state = None
     if compare_torch and cfg.backbone != "vit":

@@ -16,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from promptiqa_jax.models.config import ModelConfig
+from promptiqa_jax.models.promptiqa import abstract_variables
 
 CONFIG_FILE = "model_config.json"
 VARIABLES_DIR = "variables"
@@ -69,8 +70,6 @@ def load_model(directory: str | os.PathLike) -> tuple[dict[str, Any], ModelConfi
         "`promptiqa-jax convert --torch best_model.pth.tar --out DIR` or by training")
   with open(config_path) as f:
     config = ModelConfig.from_mapping(json.load(f))
-  from promptiqa_jax.interop.convert import abstract_variables  # no torch import there
-
   target = {k: jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), v)
             for k, v in abstract_variables(config).items() if jax.tree_util.tree_leaves(v)}
   with _checkpointer() as checkpointer:

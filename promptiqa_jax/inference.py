@@ -23,7 +23,7 @@ import numpy as np
 
 from promptiqa_jax.data import preprocess
 from promptiqa_jax.models.config import ModelConfig
-from promptiqa_jax.models.promptiqa import PromptIQA as PromptIQAModule
+from promptiqa_jax.models.promptiqa import PromptIQANet
 from promptiqa_jax.models.vit import wide
 
 Images = Union[Sequence[Union[str, os.PathLike]], np.ndarray]
@@ -84,17 +84,17 @@ def _stack(images: list[np.ndarray], size: int) -> np.ndarray:
 def _compiled_functions(config: ModelConfig) -> types.SimpleNamespace:
   """The jitted entry points of a config, shared by every PromptIQA object of that config (so a
   second object, e.g. after a checkpoint reload, compiles nothing)."""
-  module = PromptIQAModule(config)
+  module = PromptIQANet(config)
 
   def features(variables, images):
-    return module.apply(variables, images, method=PromptIQAModule.image_features)
+    return module.apply(variables, images, method=PromptIQANet.image_features)
 
   def encode(variables, features, scores):
-    vectors = module.apply(variables, features, scores, method=PromptIQAModule.prompt_vectors)
-    return vectors, module.apply(variables, vectors, method=PromptIQAModule.fuse_prompt)
+    vectors = module.apply(variables, features, scores, method=PromptIQANet.prompt_vectors)
+    return vectors, module.apply(variables, vectors, method=PromptIQANet.fuse_prompt)
 
   def score_features(variables, image_features, fused):
-    return module.apply(variables, image_features, fused, method=PromptIQAModule.score_with_fused)
+    return module.apply(variables, image_features, fused, method=PromptIQANet.score_with_fused)
 
   return types.SimpleNamespace(features=jax.jit(features), encode=jax.jit(encode),
                                score_features=jax.jit(score_features),

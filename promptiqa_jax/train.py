@@ -29,7 +29,7 @@ from ml_collections import config_flags
 from promptiqa_jax import sharding
 from promptiqa_jax.checkpoint import save_model
 from promptiqa_jax.models.config import ModelConfig
-from promptiqa_jax.models.promptiqa import PromptIQA
+from promptiqa_jax.models.promptiqa import PromptIQANet
 from promptiqa_jax.optim import build_optimizer
 
 
@@ -55,7 +55,7 @@ def trainable_fn(model_config: ModelConfig) -> Callable[[tuple[str, ...]], bool]
   return None
 
 
-def init_variables(model: PromptIQA, model_config: ModelConfig, init: Any, rng: jax.Array,
+def init_variables(model: PromptIQANet, model_config: ModelConfig, init: Any, rng: jax.Array,
                    group_size: int) -> dict[str, Any]:
   """Random init, then the pretrained pieces the `init` config section names."""
   size = model_config.image_size
@@ -76,14 +76,14 @@ def init_variables(model: PromptIQA, model_config: ModelConfig, init: Any, rng: 
     variables["params"] = merge_backbone(variables["params"],
                                          load_vit_backbone(init.pretrained_vit, model_config))
   if model_config.backbone != "vit":
-    from promptiqa_jax.models.lpips_backbones import load_cnn_params
+    from promptiqa_jax.interop.lpips_weights import load_cnn_params
 
     variables["params"]["backbone"]["cnn"] = load_cnn_params(model_config.backbone,
                                                              init.get("cnn_weights") or None)
   return variables
 
 
-def make_train_step(model: PromptIQA, tx: optax.GradientTransformation,
+def make_train_step(model: PromptIQANet, tx: optax.GradientTransformation,
                     schedule: Callable[[Any], Any]) -> Callable[[TrainState, dict], tuple]:
   """The pure update: L1 loss on the leave-one-out predictions, in train mode."""
 
@@ -243,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
   validate_config(config, mesh.size)
   model_config = model_config_of(config)
-  model = PromptIQA(model_config)
+  model = PromptIQANet(model_config)
   stream = train_stream(config.data, jax.process_index(), jax.process_count())
   steps_per_epoch = stream.steps_per_epoch
   num_steps = int(config.train.num_steps)

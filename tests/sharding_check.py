@@ -19,7 +19,7 @@ import optax
 
 from promptiqa_jax import sharding, train
 from promptiqa_jax.models.config import ModelConfig
-from promptiqa_jax.models.promptiqa import PromptIQA
+from promptiqa_jax.models.promptiqa import PromptIQANet
 from promptiqa_jax.optim import build_optimizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +37,7 @@ FSDP_MIN_SIZE = 256
 
 def one_update(state, batch, mesh, min_size):
   """(state after one step, metrics, number of state arrays split over fsdp), as host numpy."""
-  model = PromptIQA(CONFIG)
+  model = PromptIQANet(CONFIG)
   tx, schedule = build_optimizer(OPTIM, 10)
   shardings = sharding.state_sharding(state, mesh, min_size)
   step = train.jit_train_step(train.make_train_step(model, tx, schedule), mesh, shardings)
@@ -60,7 +60,7 @@ def flat(tree):
 
 def main():
   assert jax.device_count() == 8, f"expected 8 simulated devices, got {jax.devices()}"
-  model = PromptIQA(CONFIG)
+  model = PromptIQANet(CONFIG)
   rng = np.random.default_rng(0)
   size = CONFIG.image_size
   batch = {"image": rng.uniform(-1, 1, (GROUPS, GROUP_SIZE, size, size, 3)).astype(np.float32),

@@ -16,10 +16,10 @@ def _abstract_variables(cfg):
   import jax
   import jax.numpy as jnp
 
-  from promptiqa_jax.models.promptiqa import PromptIQA
+  from promptiqa_jax.models.promptiqa import PromptIQANet
 
   size = cfg.image_size
-  return jax.eval_shape(PromptIQA(cfg).init, jax.random.PRNGKey(0),
+  return jax.eval_shape(PromptIQANet(cfg).init, jax.random.PRNGKey(0),
                         jax.ShapeDtypeStruct((1, 2, size, size, 3), jnp.float32),
                         jax.ShapeDtypeStruct((1, 2), jnp.float32))
 
@@ -30,14 +30,14 @@ def test_analytic_flops_match_xla_at_paper_size():
 
   from promptiqa_jax import bench
   from promptiqa_jax.models.config import ModelConfig
-  from promptiqa_jax.models.promptiqa import PromptIQA
+  from promptiqa_jax.models.promptiqa import PromptIQANet
 
   cfg = ModelConfig.paper()
-  module = PromptIQA(cfg)
+  module = PromptIQANet(cfg)
 
   def score(v, images, fused):
-    features = module.apply(v, images, method=PromptIQA.image_features)
-    return module.apply(v, features, fused, method=PromptIQA.score_with_fused)
+    features = module.apply(v, images, method=PromptIQANet.image_features)
+    return module.apply(v, features, fused, method=PromptIQANet.score_with_fused)
 
   lowered = jax.jit(score).lower(_abstract_variables(cfg),
                                  jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32),
@@ -106,10 +106,10 @@ def test_jax_profile_stages_chain_on_the_tiny_reference():
 
   from promptiqa_jax import bench
   from promptiqa_jax.models.config import ModelConfig
-  from promptiqa_jax.models.promptiqa import PromptIQA
+  from promptiqa_jax.models.promptiqa import PromptIQANet
 
   cfg = ModelConfig.tiny()
-  module, variables = PromptIQA(cfg), _abstract_variables(cfg)
+  module, variables = PromptIQANet(cfg), _abstract_variables(cfg)
 
   def stage(fn, *args):
     return jax.eval_shape(lambda v, *a: module.apply(v, *a, method=fn), variables, *args)
@@ -131,7 +131,7 @@ def test_remat_keeps_the_parameters_and_rematerialises():
   import jax.numpy as jnp
 
   from promptiqa_jax.models.config import ModelConfig
-  from promptiqa_jax.models.promptiqa import PromptIQA
+  from promptiqa_jax.models.promptiqa import PromptIQANet
 
   cfg = ModelConfig.tiny()
   remat = dataclasses.replace(cfg, remat=True)
@@ -140,7 +140,7 @@ def test_remat_keeps_the_parameters_and_rematerialises():
           == jax.tree_util.tree_structure(variables))
 
   def loss(params, batch_stats, images, scores):
-    predictions, _ = PromptIQA(remat).apply(
+    predictions, _ = PromptIQANet(remat).apply(
         {"params": params, "batch_stats": batch_stats}, images, scores, train=True,
         rngs={"dropout": jax.random.PRNGKey(0)}, mutable=["batch_stats"])
     return jnp.mean(predictions)

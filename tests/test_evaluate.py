@@ -228,7 +228,7 @@ SMALL = dict(image_size=16, patch_size=2, vit_depth=1, taps=(0,), num_mals=1, pa
 def small_model():
   """A random PromptIQA of SMALL sizes (random arrays in the variables' shapes: no init compile)."""
   from promptiqa_jax.inference import PromptIQA
-  from promptiqa_jax.interop.convert import abstract_variables
+  from promptiqa_jax.models.promptiqa import abstract_variables
   from promptiqa_jax.models.config import ModelConfig
 
   config = ModelConfig.tiny(**SMALL)

@@ -17,7 +17,7 @@ from promptiqa_jax.inference import PromptIQA
 from promptiqa_jax.interop import torch_model
 from promptiqa_jax.interop.convert import load_torch_checkpoint, torch_to_flax
 from promptiqa_jax.models.config import ModelConfig
-from promptiqa_jax.models.promptiqa import PromptIQA as PromptIQAModule
+from promptiqa_jax.models.promptiqa import PromptIQANet
 
 ATOL = 1e-5
 
@@ -54,7 +54,7 @@ def tiny(tmp_path_factory):
   config = ModelConfig.tiny()
   path = tmp_path_factory.mktemp("tiny") / "best_model.pth.tar"
   reference, variables = release_pair(config, path)
-  bound = PromptIQAModule(config).bind(variables)
+  bound = PromptIQANet(config).bind(variables)
   return config, reference, variables, bound, path
 
 
@@ -198,7 +198,7 @@ def test_train_mode_batchnorm(tmp_path, inputs):
   images, scores = inputs["images"], inputs["scores"]
   with torch.no_grad():
     expected = reference(nchw(images), torch.from_numpy(scores))
-  actual, updates = PromptIQAModule(config).apply(variables, images, scores, train=True,
+  actual, updates = PromptIQANet(config).apply(variables, images, scores, train=True,
                                                   mutable=["batch_stats"])
   assert_close(actual, expected.numpy(), "train-mode forward")
   for stage in range(len(config.cnn_head)):

@@ -30,7 +30,7 @@ def test_one_update_matches_pytorch_adam():
 
   from promptiqa_jax.interop import torch_model
   from promptiqa_jax.interop.convert import flax_to_torch, torch_to_flax
-  from promptiqa_jax.models.promptiqa import PromptIQA
+  from promptiqa_jax.models.promptiqa import PromptIQANet
   from promptiqa_jax.optim import build_optimizer
 
   torch.set_num_threads(1)
@@ -53,7 +53,7 @@ def test_one_update_matches_pytorch_adam():
                            opt_state=tx.init(variables["params"]), rng=jax.random.PRNGKey(0))
   mesh = sharding.make_mesh(1, 1)
   shardings = sharding.state_sharding(state, mesh)
-  step = train.jit_train_step(train.make_train_step(PromptIQA(config), tx, schedule), mesh,
+  step = train.jit_train_step(train.make_train_step(PromptIQANet(config), tx, schedule), mesh,
                               shardings)
   state = jax.device_put(state, shardings)
   batch = sharding.global_batch({"image": images, "score": scores}, mesh)

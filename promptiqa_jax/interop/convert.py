@@ -12,11 +12,10 @@ import re
 from typing import Any, Mapping
 
 import flax
-import jax
 import numpy as np
 
 from promptiqa_jax.models.config import ModelConfig
-from promptiqa_jax.models.promptiqa import PromptIQA
+from promptiqa_jax.models.promptiqa import abstract_variables
 
 # Flax module names that are a list element in the reference (`blocks_3` -> `blocks.3`).
 _INDEXED = re.compile(r"^(blocks|i_p_fusion|prompt_fusion|attention_module)_(\d+)$")
@@ -69,15 +68,6 @@ def _to_torch(value: np.ndarray, torch_shape: tuple[int, ...]) -> np.ndarray:
   if value.ndim == 2:
     return value.T
   return value
-
-
-def abstract_variables(config: ModelConfig) -> dict[str, Any]:
-  """Shapes and dtypes of the model's variables, without computing anything."""
-  model = PromptIQA(config)
-  size = config.image_size
-  images = jax.ShapeDtypeStruct((1, 2, size, size, 3), np.float32)
-  scores = jax.ShapeDtypeStruct((1, 2), np.float32)
-  return jax.eval_shape(lambda x, s: model.init(jax.random.key(0), x, s), images, scores)
 
 
 def torch_to_flax(state_dict: Mapping[str, np.ndarray], config: ModelConfig) -> dict[str, Any]:

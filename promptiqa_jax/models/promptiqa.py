@@ -9,6 +9,8 @@ Entry points (all `nn.Module` methods, used with `model.apply(variables, ..., me
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -79,7 +81,7 @@ class CNNHead(nn.Module):
     return x.reshape(x.shape[0], -1)
 
 
-class PromptIQA(nn.Module):
+class PromptIQANet(nn.Module):
   """PromptIQA (ECCV 2024), the reference architecture with every size from `config`."""
 
   config: ModelConfig
@@ -191,3 +193,12 @@ class PromptIQA(nn.Module):
     others = np.array([[j for j in range(group_size) if j != i] for i in range(group_size)])
     fused = self.fuse_prompt(vectors[:, others])
     return self.score_with_fused(features, fused, train)
+
+
+def abstract_variables(config: ModelConfig) -> dict[str, Any]:
+  """Shapes and dtypes of the model's variables, without computing anything."""
+  model = PromptIQANet(config)
+  size = config.image_size
+  images = jax.ShapeDtypeStruct((1, 2, size, size, 3), jnp.float32)
+  scores = jax.ShapeDtypeStruct((1, 2), jnp.float32)
+  return jax.eval_shape(lambda x, s: model.init(jax.random.key(0), x, s), images, scores)
