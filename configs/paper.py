@@ -29,39 +29,31 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   data = ml_collections.ConfigDict()
   data.data_dir = "~/tensorflow_datasets"
-  data.train = list(PAPER_DATASETS if arg == "all12" else RELEASE_DATASETS)
+  data.train = (["koniq10k", "live"] if smoke
+                else list(PAPER_DATASETS if arg == "all12" else RELEASE_DATASETS))
   data.train_split = "train"
   data.eval = list(data.train)
   data.eval_split = "validation"  # model selection; the final evaluation reports train.final_split
   data.weights = None
-  data.group_size = 11
-  data.groups_per_batch = 4
+  data.group_size = 3 if smoke else 11
+  data.groups_per_batch = 2 if smoke else 4
   data.image_size = model.image_size
   data.scale_rate = 0.5
   data.flip_rate = 0.1
   data.hflip = True
   data.seed = 0
-  data.num_workers = 8
+  data.num_workers = 0 if smoke else 8
   data.read_threads = 1
-  data.prompt_size = 10
+  data.prompt_size = 2 if smoke else 10
   data.prompt_sampling = "interval"
-  data.eval_batch_size = 32
+  data.eval_batch_size = 4 if smoke else 32
   config.data = data
 
-  config.optim = common.optim_config()
-  config.train = common.train_config()
+  config.optim = common.optim_config(epochs=2) if smoke else common.optim_config()
+  config.train = (common.train_config(num_steps=3, log_every=1, checkpoint_every=2, eval_every=0,
+                                      async_checkpointing=False)
+                  if smoke else common.train_config())
   config.mesh = common.mesh_config()
   config.init = common.init_config()
   config.eval = ml_collections.ConfigDict(dict(evaluators="auto"))
-  if smoke:
-    data.train = ["koniq10k", "live"]
-    data.eval = list(data.train)
-    data.group_size = 3
-    data.groups_per_batch = 2
-    data.num_workers = 0
-    data.prompt_size = 2
-    data.eval_batch_size = 4
-    config.optim.epochs = 2
-    config.train.update(num_steps=3, log_every=1, checkpoint_every=2, eval_every=0,
-                        async_checkpointing=False)
   return config

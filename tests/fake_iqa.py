@@ -3,12 +3,11 @@
 FakeIqaA, FakeIqaB: the real IQA datasets' schema (image, name, score, score_raw, unit) with 16x16
 PNGs; A's scores lie in [0.05, 0.40], B's in [0.60, 0.95], so a group's scores tell its dataset.
 FakeIqaSmall: 3 training records (fewer than a group). FakeIqaCorrupt: one undecodable image.
-FakeMulti: the synthetic benchmark's schema (levels, scores per requirement) with this module's
-REQUIREMENTS / requirement_index / random_requirement_scores, as synthetic_iqa provides them.
+FakeMulti: the synthetic benchmark's schema (levels, scores per requirement), declaring its
+RequirementTable as `REQUIREMENTS`, as a multi-requirement builder does (promptiqa_jax.data.requirements).
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 from typing import Any
 
@@ -17,6 +16,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
+
+from promptiqa_jax.data import datasets
+from promptiqa_jax.data.requirements import Requirement, RequirementTable
 
 SIZE = 16
 
@@ -75,20 +77,13 @@ class FakeIqaCorrupt(_FakeBuilder, skip_registration=True):
   CORRUPT = (("train", 5),)
 
 
-@dataclasses.dataclass(frozen=True)
-class Requirement:
-  name: str
-  lower_better: bool
-  heldout: bool
+def _requirement(name: str, lower_better: bool, heldout: bool) -> Requirement:
+  return Requirement(name, "rule", lower_better, heldout, name, (0.0, 1.0))
 
 
-REQUIREMENTS = (Requirement("sharp", False, False), Requirement("bright", False, False),
-                Requirement("combo", True, True))
+REQUIREMENTS = (_requirement("sharp", False, False), _requirement("bright", False, False),
+                _requirement("combo", True, True))
 NUM_TYPES = 2
-
-
-def requirement_index(name: str) -> int:
-  return [r.name for r in REQUIREMENTS].index(name)
 
 
 def requirement_scores(levels: np.ndarray) -> np.ndarray:
@@ -105,6 +100,7 @@ def random_requirement_scores(levels: np.ndarray, rng: np.random.Generator) -> n
 
 class FakeMulti(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version("1.0.0")
+  REQUIREMENTS = RequirementTable("fake_multi", REQUIREMENTS, random_requirement_scores)
 
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
@@ -141,9 +137,8 @@ def build_all(data_dir: str) -> None:
 
 
 def register_all() -> None:
-  from promptiqa_jax.data import sources
   for cls in BUILDERS:
-    sources.register_builder(cls)
+    datasets.register_builder(cls)
 
 
 def data_config(data_dir: str, **overrides: Any) -> ml_collections.ConfigDict:

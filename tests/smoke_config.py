@@ -16,9 +16,9 @@ BUILD = dict(image_size=16, crops_per_content=1, distorted_per_crop=5,
 
 def build(data_dir: str) -> None:
   """Builds the tiny synthetic_iqa into `data_dir` (a no-op if already there)."""
-  from promptiqa_jax.data.datasets import synthetic_iqa
+  from promptiqa_jax.data.datasets.synthetic_iqa import builder
 
-  synthetic_iqa.prepare(data_dir, **BUILD)
+  builder.prepare(data_dir, **BUILD)
 
 
 def recipe(name: str):
@@ -31,10 +31,10 @@ def recipe(name: str):
 
 
 def get_config(data_dir: str):
-  from promptiqa_jax.data.datasets import synthetic_iqa
+  from promptiqa_jax.data.datasets.synthetic_iqa import builder
 
   config = recipe("synthetic").get_config("smoke")
-  named = "synthetic_iqa/" + synthetic_iqa.make_config(**BUILD).name
+  named = "synthetic_iqa/" + builder.make_config(**BUILD).name
   config.data.data_dir = data_dir
   config.data.train = [n.replace("synthetic_iqa", named, 1) for n in config.data.train]
   config.data.eval = [n.replace("synthetic_iqa", named, 1) for n in config.data.eval]

@@ -204,7 +204,7 @@ def test_worker_processes_give_the_same_stream(fake_data_dir):
 @pytest.fixture(scope="module")
 def synthetic_build(tmp_path_factory):
   """A tiny synthetic_iqa build (6 contents: 4 train, 1 validation, 1 test; 5 records each)."""
-  from promptiqa_jax.data.datasets import synthetic_iqa
+  from promptiqa_jax.data.datasets.synthetic_iqa import builder as synthetic_iqa
   data_dir = str(tmp_path_factory.mktemp("synthetic"))
   builder = synthetic_iqa.prepare(
       data_dir, image_size=16, crops_per_content=1, distorted_per_crop=5,
@@ -215,8 +215,7 @@ def synthetic_build(tmp_path_factory):
 def test_synthetic_iqa_with_the_recipe_config(synthetic_build):
   import importlib.util
   import os
-  from promptiqa_jax.data import prompts
-  from promptiqa_jax.data.datasets import synthetic_iqa
+  from promptiqa_jax.data import datasets, prompts
 
   path = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py")
   spec = importlib.util.spec_from_file_location("synthetic_config", path)
@@ -224,7 +223,8 @@ def test_synthetic_iqa_with_the_recipe_config(synthetic_build):
   spec.loader.exec_module(module)
   config = module.get_config("smoke").data
   assert config.train[-1] == "synthetic_iqa:random"
-  assert len(config.eval) == len(synthetic_iqa.REQUIREMENTS)
+  table = datasets.requirement_table("synthetic_iqa")
+  assert len(config.eval) == len(table.requirements)
 
   data_dir, name = synthetic_build
   # The recipe's names, pointed at the tiny build's config.
@@ -234,7 +234,7 @@ def test_synthetic_iqa_with_the_recipe_config(synthetic_build):
   stream = pipeline.train_stream(config)
   assert stream.dataset_sizes == (20,) * len(config.train)
   source = sources.open_dataset(config.train[0], "train", data_dir)
-  column = synthetic_iqa.requirement_index(config.train[0].split(":")[1])
+  column = table.index(config.train[0].split(":")[1])
   for batch in _take(iter(stream), 4):
     assert batch["image"].shape == (2, 5, 32, 32, 3)
     assert np.all((batch["score"] >= 0) & (batch["score"] <= 1))

@@ -4,9 +4,14 @@ import pytest
 from PIL import Image
 
 from promptiqa_jax.data import preprocess
-from promptiqa_jax.data.datasets import _distortions
-from promptiqa_jax.data.datasets import _fr_measures
-from promptiqa_jax.data.datasets import synthetic_iqa as siqa
+from promptiqa_jax.data import datasets
+from promptiqa_jax.data.datasets.synthetic_iqa import analysis
+from promptiqa_jax.data.datasets.synthetic_iqa import builder as siqa
+from promptiqa_jax.data.datasets.synthetic_iqa import distortions
+from promptiqa_jax.data.datasets.synthetic_iqa import fr_measures
+from promptiqa_jax.data.datasets.synthetic_iqa import pristine
+from promptiqa_jax.data.datasets.synthetic_iqa import requirements
+from promptiqa_jax.data.datasets.synthetic_iqa.distortions import DISTORTIONS
 
 # Small source images (fast to load): 2 colour, 3 grey, so every split gets content.
 CONTENTS = ("chelsea", "coffee", "coins", "page", "text")
@@ -30,20 +35,36 @@ def build(tmp_path_factory):
   return data_dir, builder, _read_all(builder)
 
 
-def test_metadata():
-  assert len(siqa.DISTORTIONS) >= 6 and len(set(siqa.DISTORTIONS)) == len(siqa.DISTORTIONS)
-  names = [r.name for r in siqa.REQUIREMENTS]
-  assert len(names) >= 8 and len(set(names)) == len(names)
-  assert all(siqa.requirement_index(n) == i for i, n in enumerate(names))
+def test_registry_resolves_the_builders_table():
+  table = datasets.requirement_table("synthetic_iqa")
+  assert table is siqa.Builder.REQUIREMENTS and table.names == tuple(
+      r.name for r in requirements.REQUIREMENTS)
+  assert datasets.requirement_of("synthetic_iqa:ms_ssim") == table.get("ms_ssim")
+  assert datasets.requirement_of("synthetic_iqa/size16_crops1:psnr").name == "psnr"
+  assert datasets.requirement_of("synthetic_iqa:random") is None
+  assert datasets.requirement_of("koniq10k") is None and datasets.requirement_table("koniq10k") is None
   with pytest.raises(ValueError, match="Unknown requirement 'nope'"):
-    siqa.requirement_index("nope")
-  heldout = siqa.heldout_requirements()
+    datasets.requirement_of("synthetic_iqa:nope")
+  with pytest.raises(ValueError, match="'koniq10k:psnr': dataset 'koniq10k' has no assessment"):
+    datasets.requirement_of("koniq10k:psnr")
+  with pytest.raises(ValueError, match="Unknown dataset 'nope'"):
+    datasets.requirement_table("nope")
+
+
+def test_metadata():
+  assert len(DISTORTIONS) >= 6 and len(set(DISTORTIONS)) == len(DISTORTIONS)
+  names = [r.name for r in requirements.REQUIREMENTS]
+  assert len(names) >= 8 and len(set(names)) == len(names)
+  assert all(requirements.TABLE.index(n) == i for i, n in enumerate(names))
+  with pytest.raises(ValueError, match="Unknown requirement 'nope'"):
+    requirements.TABLE.index("nope")
+  heldout = requirements.TABLE.heldout()
   assert len(heldout) >= 3
   assert {r.kind for r in heldout} == {"full_reference", "weighted"}
-  assert set(heldout).isdisjoint(siqa.train_requirements())
-  assert len(heldout) + len(siqa.train_requirements()) == len(siqa.REQUIREMENTS)
-  assert any(r.lower_better for r in siqa.REQUIREMENTS)
-  assert all(r.kind in ("full_reference", "weighted") for r in siqa.REQUIREMENTS)
+  assert set(heldout).isdisjoint(requirements.TABLE.train())
+  assert len(heldout) + len(requirements.TABLE.train()) == len(requirements.REQUIREMENTS)
+  assert any(r.lower_better for r in requirements.REQUIREMENTS)
+  assert all(r.kind in ("full_reference", "weighted") for r in requirements.REQUIREMENTS)
 
 
 def test_splits_sizes_and_disjoint_contents(build):
@@ -52,7 +73,7 @@ def test_splits_sizes_and_disjoint_contents(build):
   assert all(ids.values())
   assert not (ids["train"] & ids["validation"] or ids["train"] & ids["test"]
               or ids["validation"] & ids["test"])
-  expected = {siqa.PRISTINE.index(s) for s in siqa.PRISTINE if s.name in CONTENTS}
+  expected = {pristine.PRISTINE.index(s) for s in pristine.PRISTINE if s.name in CONTENTS}
   assert set().union(*ids.values()) == expected
   for split in SPLITS:
     assert len(records[split]) == len(ids[split]) * RECORDS_PER_CONTENT
@@ -61,15 +82,15 @@ def test_splits_sizes_and_disjoint_contents(build):
 
 def test_records_are_consistent(build):
   _, _, records = build
-  names_by_id = {i: s.name for i, s in enumerate(siqa.PRISTINE)}
-  darken, brighten = siqa.DISTORTIONS.index("darken"), siqa.DISTORTIONS.index("brighten")
-  desaturate = siqa.DISTORTIONS.index("desaturate")
+  names_by_id = {i: s.name for i, s in enumerate(pristine.PRISTINE)}
+  darken, brighten = DISTORTIONS.index("darken"), DISTORTIONS.index("brighten")
+  desaturate = DISTORTIONS.index("desaturate")
   all_names = []
   for split in SPLITS:
     for r in records[split]:
       image, levels, name = r["image"], r["levels"], r["name"].decode()
       assert image.shape == (16, 16, 3) and image.dtype == np.uint8
-      assert levels.shape == (len(siqa.DISTORTIONS),) and levels.dtype == np.int32
+      assert levels.shape == (len(DISTORTIONS),) and levels.dtype == np.int32
       assert 1 <= np.count_nonzero(levels) <= 3 and levels.min() >= 0 and levels.max() <= 5
       assert not (levels[darken] and levels[brighten])
       content = names_by_id[int(r["content_id"])]
@@ -78,8 +99,8 @@ def test_records_are_consistent(build):
       # The name spells content and levels: "<content>_crop<k>_<index>_<type><level>...".
       assert name.startswith(content + "_crop")
       tokens = name[len(content) + 1:].split("_")[2:]
-      assert tokens == [f"{t}{l}" for t, l in zip(siqa.DISTORTIONS, levels) if l]
-      for requirement, score, raw in zip(siqa.REQUIREMENTS, r["scores"], r["scores_raw"]):
+      assert tokens == [f"{t}{l}" for t, l in zip(DISTORTIONS, levels) if l]
+      for requirement, score, raw in zip(requirements.REQUIREMENTS, r["scores"], r["scores_raw"]):
         assert 0.0 <= score <= 1.0
         assert score == pytest.approx(float(requirement.normalise(np.array([raw]))[0]), abs=1e-6)
       all_names.append(name)
@@ -88,8 +109,10 @@ def test_records_are_consistent(build):
 
 def test_stored_images_match_generation(build):
   _, builder, records = build
-  content = next(c for c in siqa._load_contents(builder.builder_config) if c.name == "page")
-  expected = {r["name"]: r for r in siqa.generate_content(content, builder.builder_config)}
+  config = builder.builder_config
+  content = next(c for c in pristine.load_contents(config.contents, config.user_image_dir)
+                 if c.name == "page")
+  expected = {r["name"]: r for r in siqa.generate_content(content, config)}
   stored = [r for split in SPLITS for r in records[split] if r["name"].decode() in expected]
   assert len(stored) == RECORDS_PER_CONTENT
   for r in stored:
@@ -103,7 +126,7 @@ def test_few_ties_per_requirement(build):
   _, _, records = build
   for split in SPLITS:
     scores = np.stack([r["scores"] for r in records[split]])
-    for requirement, column in zip(siqa.REQUIREMENTS, scores.T):
+    for requirement, column in zip(requirements.REQUIREMENTS, scores.T):
       _, counts = np.unique(column, return_counts=True)
       tied = counts[counts > 1].sum() / len(column)
       assert tied < 0.2, (split, requirement.name, tied)
@@ -139,12 +162,12 @@ def test_builder_options_and_configs(tmp_path):
 
 def test_requirement_correlations(build):
   data_dir, _, _ = build
-  names, matrix = siqa.requirement_correlations(data_dir, "train", **OPTIONS)
-  assert names == tuple(r.name for r in siqa.REQUIREMENTS)
+  names, matrix = analysis.requirement_correlations(data_dir, "train", **OPTIONS)
+  assert names == tuple(r.name for r in requirements.REQUIREMENTS)
   assert matrix.shape == (len(names), len(names))
   np.testing.assert_allclose(matrix, matrix.T)
   np.testing.assert_allclose(np.diag(matrix), 1.0)
-  table = siqa.correlation_table(names, matrix)
+  table = analysis.correlation_table(names, matrix)
   assert table.count("\n") == len(names) + 1 and "| psnr |" in table
 
 
@@ -173,8 +196,8 @@ def test_user_images_become_contents(tmp_path):
   (folder / "notes.txt").write_text("not an image, not read")
   config = siqa.make_config(image_size=16, crops_per_content=1, distorted_per_crop=2,
                             user_image_dir=str(folder), contents=())
-  contents = siqa._load_contents(config)
-  base = siqa.USER_CONTENT_ID_BASE
+  contents = pristine.load_contents(config.contents, config.user_image_dir)
+  base = pristine.USER_CONTENT_ID_BASE
   assert [(c.name, c.content_id) for c in contents] == [
       ("user_a-b", base), ("user_a-b-1", base + 1), ("user_c", base + 2)]
   builder = siqa.prepare(str(tmp_path / "data"), **config.options())
@@ -183,7 +206,7 @@ def test_user_images_become_contents(tmp_path):
 
 
 def _random_levels(rng, groups):
-  return np.stack([_distortions.sample_levels(rng, colour=True) for _ in range(groups)])
+  return np.stack([distortions.sample_levels(rng, colour=True) for _ in range(groups)])
 
 
 def test_random_requirement_scores_range_monotone_varied():
@@ -191,18 +214,18 @@ def test_random_requirement_scores_range_monotone_varied():
   levels = _random_levels(rng, 11)
   rankings, directions = set(), set()
   for draw in range(200):
-    scores = siqa.random_requirement_scores(levels, np.random.default_rng(draw))
+    scores = requirements.random_requirement_scores(levels, np.random.default_rng(draw))
     assert scores.shape == (11,) and scores.dtype == np.float32
     assert np.all((scores >= 0) & (scores <= 1))
     rankings.add(tuple(np.argsort(scores, kind="stable")))
     # Under one draw, raising any one type's level (an absent type to 1) moves every score the
     # same way or not at all: scored as one group, the original and every bumped copy.
     bumped = []
-    for t in range(len(siqa.DISTORTIONS)):
+    for t in range(len(DISTORTIONS)):
       copy = levels.copy()
       copy[:, t] = np.minimum(copy[:, t] + 1, 5)
       bumped.append(copy)
-    both = siqa.random_requirement_scores(np.concatenate([levels] + bumped),
+    both = requirements.random_requirement_scores(np.concatenate([levels] + bumped),
                                           np.random.default_rng(draw))
     delta = both[11:].reshape(len(bumped), 11) - both[:11]
     assert np.all(delta >= -1e-7) or np.all(delta <= 1e-7)
@@ -210,16 +233,16 @@ def test_random_requirement_scores_range_monotone_varied():
   assert directions == {True, False}
   assert len(rankings) > 100
   with pytest.raises(ValueError, match="levels must be"):
-    siqa.random_requirement_scores(levels[:, :3], rng)
+    requirements.random_requirement_scores(levels[:, :3], rng)
 
 
 def test_distortions_grow_with_level():
-  reference = siqa._crop(preprocess.load_image(siqa.PRISTINE[0].path()), 32,
+  reference = pristine.crop(preprocess.load_image(pristine.PRISTINE[0].path()), 32,
                          np.random.default_rng(0))
-  for t, name in enumerate(siqa.DISTORTIONS):
-    severities = np.zeros((5, len(siqa.DISTORTIONS)))
+  for t, name in enumerate(DISTORTIONS):
+    severities = np.zeros((5, len(DISTORTIONS)))
     severities[:, t] = np.arange(1, 6)
-    distorted = np.stack([_distortions.apply(reference, s, np.random.default_rng(1))
+    distorted = np.stack([distortions.apply(reference, s, np.random.default_rng(1))
                           for s in severities])
-    psnr = _fr_measures.psnr(reference, distorted)
+    psnr = fr_measures.psnr(reference, distorted)
     assert np.all(np.diff(psnr) < 0), (name, psnr)

@@ -22,7 +22,7 @@ _EXPORTS = {
     "EvalBatches": "promptiqa_jax.data.prompts",
     "load_prompt": "promptiqa_jax.data.prompts",
     "select_prompt": "promptiqa_jax.data.prompts",
-    "register_builder": "promptiqa_jax.data.sources",
+    "register_builder": "promptiqa_jax.data.datasets",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,16 +1,15 @@
-"""Dataset names in configs -> TFDS records and their scores, resolved in one place.
+"""Dataset names in configs -> TFDS records and their scores.
 
-A config names a dataset in one of three ways:
+A config names a dataset in one of three ways (`datasets.parse_name`):
 
   "koniq10k"                 a real IQA dataset; the score is the record's `score` (normalised).
   "synthetic_iqa:<name>"     one assessment requirement of a multi-requirement dataset; the score is
-                             `record["scores"][requirement_index(name)]`.
-  "synthetic_iqa:random"     (training only) per group, one requirement drawn at random by the
-                             dataset module's random_requirement_scores(levels [G, T], rng) -> [G].
+                             its column of `record["scores"]` (see `promptiqa_jax.data.requirements`).
+  "synthetic_iqa:random"     (training only) per group, one requirement drawn from the dataset's
+                             random family.
 
 A builder config other than the default goes after a slash: "synthetic_iqa/<config>:psnr".
-Builders come from the project's registry (`promptiqa_jax.data.datasets`) or from
-`register_builder` (tests, user datasets); the class gives the version and the requirements, and
+Builders and requirement tables come from the dataset registry (`promptiqa_jax.data.datasets`);
 the records are read from the built folder (`tfds.builder_from_directory(...).as_data_source`:
 ArrayRecord random access, no TensorFlow) with the image left encoded, so that decoding runs in the
 input pipeline's worker processes.
@@ -19,47 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from promptiqa_jax.data import datasets as registry
 from promptiqa_jax.data import preprocess
-
-# The requirement suffix that draws a requirement per group (training only).
-RANDOM_REQUIREMENT = "random"
-
-_EXTRA_BUILDERS: dict[str, Any] = {}
-
-
-def register_builder(builder_cls: Any, name: Optional[str] = None) -> None:
-  """Makes a TFDS builder class resolvable by `name` (default: its TFDS name), as the registry's."""
-  _EXTRA_BUILDERS[name or builder_cls.name] = builder_cls
-
-
-def builder_class(name: str) -> Any:
-  """The builder class for a builder name; ValueError naming the known names otherwise."""
-  if name in _EXTRA_BUILDERS:
-    return _EXTRA_BUILDERS[name]
-  if name not in registry.DATASET_MODULES:
-    known = sorted(set(registry.DATASET_MODULES) | set(_EXTRA_BUILDERS))
-    raise ValueError(f"Unknown dataset {name!r}; known datasets: {', '.join(known)}")
-  return registry.builder_class(name)
-
-
-def parse_name(name: str) -> tuple[str, Optional[str], Optional[str]]:
-  """Splits "dataset[/builder_config][:requirement]" into its three parts (None where absent).
-
-  "koniq10k" -> ("koniq10k", None, None); "synthetic_iqa:psnr" -> ("synthetic_iqa", None, "psnr");
-  "synthetic_iqa/size32_crops6_per24_seed0:psnr" names a non-default build config.
-  """
-  dataset, sep, requirement = name.partition(":")
-  builder, slash, builder_config = dataset.partition("/")
-  if not builder or (sep and not requirement) or (slash and not builder_config):
-    raise ValueError(f"Malformed dataset name {name!r}: expected 'dataset', 'dataset:requirement' "
-                     "or 'dataset/config:requirement'")
-  return builder, builder_config or None, requirement or None
+from promptiqa_jax.data.requirements import RANDOM_REQUIREMENT, RequirementTable
 
 
 def _check_data_dir(data_dir: str) -> str:
@@ -74,12 +39,12 @@ def _check_data_dir(data_dir: str) -> str:
   return data_dir
 
 
-def prepared_dir(builder_name: str, data_dir: str, builder_config: Optional[str] = None) -> str:
+def prepared_dir(builder_name: str, data_dir: str, builder_config: str | None = None) -> str:
   """The folder holding the built version of a dataset: data_dir/name[/config]/version.
 
   The version is the builder code's; FileNotFoundError naming the folder if it is not built there.
   """
-  cls = builder_class(builder_name)
+  cls = registry.builder_class(builder_name)
   data_dir = _check_data_dir(data_dir)
   if builder_config is None and getattr(cls, "BUILDER_CONFIGS", None):
     builder_config = (getattr(cls, "DEFAULT_BUILDER_CONFIG_NAME", None)
@@ -96,7 +61,7 @@ def prepared_dir(builder_name: str, data_dir: str, builder_config: Optional[str]
 
 
 def open_split(builder_name: str, split: str, data_dir: str,
-               builder_config: Optional[str] = None) -> Sequence[dict[str, Any]]:
+               builder_config: str | None = None) -> Sequence[dict[str, Any]]:
   """Random-access records of a built dataset split, with `image` left as encoded bytes.
 
   Reads the prepared folder (`prepared_dir`) without running builder code. Raises ValueError
@@ -129,17 +94,17 @@ class ScoredSource:
   name: str
   split: str
   records: Sequence[dict[str, Any]]
-  # Index into record["scores"] for a named requirement; None for a plain dataset or "random".
-  requirement_index: Optional[int] = None
-  # The dataset module's random_requirement_scores for "<dataset>:random"; None otherwise.
-  random_scores: Optional[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = None
+  # The dataset's requirement table and the requirement the name picks (RANDOM_REQUIREMENT for
+  # "<dataset>:random"); both None for a plain dataset.
+  table: RequirementTable | None = None
+  requirement: str | None = None
 
   def __len__(self) -> int:
     return len(self.records)
 
   @property
   def is_random(self) -> bool:
-    return self.random_scores is not None
+    return self.requirement == RANDOM_REQUIREMENT
 
   def read(self, indices: Sequence[int]) -> list[dict[str, Any]]:
     """The records at `indices` (ints into the split), image bytes undecoded."""
@@ -149,20 +114,18 @@ class ScoredSource:
     return [self.records[i] for i in indices]
 
   def scores(self, records: Sequence[dict[str, Any]],
-             rng: Optional[np.random.Generator] = None) -> np.ndarray:
+             rng: np.random.Generator | None = None) -> np.ndarray:
     """Normalised scores `[len(records)]` float32 of records read together (a group).
 
     For "<dataset>:random" the requirement is drawn with `rng`, once for all the records.
     """
-    if self.is_random:
-      if rng is None:
-        raise ValueError(f"{self.name}: a random requirement needs an rng (training streams only)")
-      levels = np.stack([np.asarray(r["levels"]) for r in records])
-      return np.asarray(self.random_scores(levels, rng), dtype=np.float32)
-    if self.requirement_index is None:
+    if self.table is None:
       return np.asarray([r["score"] for r in records], dtype=np.float32)
-    return np.asarray([np.asarray(r["scores"])[self.requirement_index] for r in records],
-                      dtype=np.float32)
+    if not self.is_random:
+      return self.table.scores(records, self.requirement)
+    if rng is None:
+      raise ValueError(f"{self.name}: a random requirement needs an rng (training streams only)")
+    return self.table.random_scores(records, rng)
 
   def all_scores(self, chunk: int = 256) -> np.ndarray:
     """The normalised scores `[N]` of the whole split, in record order (reads every record once)."""
@@ -175,35 +138,19 @@ class ScoredSource:
     return np.concatenate(out) if out else np.zeros([0], np.float32)
 
 
-def _dataset_module(builder_cls: Any, name: str) -> Any:
-  module = sys.modules[builder_cls.__module__]
-  for attr in ("REQUIREMENTS", "requirement_index", "random_requirement_scores"):
-    if not hasattr(module, attr):
-      raise ValueError(f"{name!r}: dataset {builder_cls.name!r} has no assessment requirements "
-                       f"(its module {module.__name__} lacks {attr}); use the plain name")
-  return module
-
-
 def open_dataset(name: str, split: str, data_dir: str,
-                 records_cache: Optional[dict[tuple[Any, ...], Any]] = None) -> ScoredSource:
+                 records_cache: dict[tuple[Any, ...], Any] | None = None) -> ScoredSource:
   """Resolves a config dataset name on `split` under `data_dir` (see the module docstring).
 
   `records_cache` shares one opened split between names of one dataset ("synthetic_iqa:a",
   "synthetic_iqa:b"), so that it is opened, and pickled into workers, once.
   """
-  builder_name, builder_config, requirement = parse_name(name)
-  builder_cls = builder_class(builder_name)
-  requirement_index = random_scores = None
+  builder_name, builder_config, requirement = registry.parse_name(name)
+  table = None
   if requirement is not None:
-    module = _dataset_module(builder_cls, name)
-    if requirement == RANDOM_REQUIREMENT:
-      random_scores = module.random_requirement_scores
-    else:
-      known = [r.name for r in module.REQUIREMENTS]
-      if requirement not in known:
-        raise ValueError(f"Unknown requirement {requirement!r} in {name!r}; {builder_name} has: "
-                         f"{', '.join(known)} (or '{RANDOM_REQUIREMENT}' for training)")
-      requirement_index = int(module.requirement_index(requirement))
+    table = registry.checked_table(builder_name, name)
+    if requirement != RANDOM_REQUIREMENT:
+      table.index(requirement)  # ValueError naming the dataset's requirements
   key = (builder_name, builder_config, split)
   if records_cache is None:
     records = open_split(builder_name, split, data_dir, builder_config)
@@ -211,8 +158,7 @@ def open_dataset(name: str, split: str, data_dir: str,
     if key not in records_cache:
       records_cache[key] = open_split(builder_name, split, data_dir, builder_config)
     records = records_cache[key]
-  return ScoredSource(name=name, split=split, records=records, requirement_index=requirement_index,
-                      random_scores=random_scores)
+  return ScoredSource(name=name, split=split, records=records, table=table, requirement=requirement)
 
 
 def load_image(source: ScoredSource, record: dict[str, Any], index: int, size: int) -> np.ndarray:
