@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import os
 import types
-from typing import Any, Sequence, Union
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ from promptiqa_jax.models.config import ModelConfig
 from promptiqa_jax.models.promptiqa import PromptIQANet
 from promptiqa_jax.models.vit import wide
 
-Images = Union[Sequence[Union[str, os.PathLike]], np.ndarray]
+Images = Sequence[str | os.PathLike] | np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 from scipy import optimize, stats
@@ -28,7 +28,7 @@ def _pair(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
   return pred, target
 
 
-def _problem(pred: np.ndarray, target: np.ndarray) -> Optional[str]:
+def _problem(pred: np.ndarray, target: np.ndarray) -> str | None:
   """Why a correlation of the two is undefined, or None when it is defined."""
   if len(pred) < 2:
     return f"n = {len(pred)}: correlations need at least 2 images"

@@ -25,7 +25,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
   args = (jax.random.key(0), jnp.zeros([1, 2, size, size, 3]), jnp.zeros([1, 2]))
   # `init` runs once, so only its compile time matters: without LLVM optimisation it compiles in
   # about half the time (the values differ from an optimised build by float rounding, ~1e-7).
-  init = jax.jit(promptiqa.PromptIQA(config).init).lower(*args).compile(
+  init = jax.jit(promptiqa.PromptIQANet(config).init).lower(*args).compile(
       compiler_options={"xla_backend_optimization_level": 0})
   directory = str(tmp_path_factory.mktemp("tiny_model") / "model")
   PromptIQA(init(*args), config, batch_size=4).save(directory)

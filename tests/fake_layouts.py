@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Callable, Dict, List, Tuple
+from typing import Callable
 
 import numpy as np
 import scipy.io
@@ -19,7 +19,7 @@ KEYS = ("koniq10k", "spaq", "livec", "live", "csiq", "tid2013", "kadid10k", "bid
         "agiqa3k", "aigciqa2023", "uwiqa")
 
 # raw -> normalised, the reference's mapping per dataset, from the spec.
-NORM: Dict[str, Callable[[float], float]] = {
+NORM: dict[str, Callable[[float], float]] = {
     "koniq10k": lambda s: s / 100,
     "spaq": lambda s: s / 100,
     "livec": lambda s: (s - 1) / 100,
@@ -49,7 +49,7 @@ _CSIQ_TYPES = ("AWGN", "BLUR", "contrast", "fnoise", "JPEG", "jpeg2000")
 
 
 def write_fake_layout(key: str, root: str, n_images: int, seed: int,
-                      image_shape: Tuple[int, int] = (24, 32)) -> List[dict]:
+                      image_shape: tuple[int, int] = (24, 32)) -> list[dict]:
   """Writes a fake `key` dataset of `n_images` labelled images (`image_shape` = (H, W)) under root.
 
   Returns one dict per labelled image, in label-file order: name (relative to root), path (absolute),
@@ -71,7 +71,7 @@ def write_fake_layout(key: str, root: str, n_images: int, seed: int,
   return records
 
 
-def _write_image(path: str, rng: np.random.Generator, shape: Tuple[int, int]) -> None:
+def _write_image(path: str, rng: np.random.Generator, shape: tuple[int, int]) -> None:
   """A smooth random colour image (so that JPEG keeps it recognisable) plus a little noise."""
   height, width = shape
   coarse = rng.uniform(0, 255, (4, 4, 3)).astype(np.float32)
@@ -83,7 +83,7 @@ def _write_image(path: str, rng: np.random.Generator, shape: Tuple[int, int]) ->
   Image.fromarray(image).save(path)
 
 
-def _write_csv(path: str, header: List[str], rows: List[list]) -> None:
+def _write_csv(path: str, header: list[str], rows: list[list]) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w", newline="") as f:
     out = csv.writer(f)
@@ -91,7 +91,7 @@ def _write_csv(path: str, header: List[str], rows: List[list]) -> None:
     out.writerows(rows)
 
 
-def _write_xlsx(path: str, header: List[str], rows: List[list]) -> None:
+def _write_xlsx(path: str, header: list[str], rows: list[list]) -> None:
   import openpyxl  # pylint: disable=g-import-not-at-top
 
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -103,7 +103,7 @@ def _write_xlsx(path: str, header: List[str], rows: List[list]) -> None:
   workbook.save(path)
 
 
-def _cells(strings: List[str], shape: Tuple[int, int]) -> np.ndarray:
+def _cells(strings: list[str], shape: tuple[int, int]) -> np.ndarray:
   """A MATLAB cell array of strings for scipy.io.savemat: an object array of strings."""
   cells = np.empty(len(strings), dtype=object)
   cells[:] = strings
@@ -257,7 +257,7 @@ def _uwiqa(root, rng, scores, n_refs):
   return [{"name": f"img/{i + 1:04d}.png", "score_raw": s, "unit": i} for i, s in enumerate(scores)]
 
 
-_WRITERS: Dict[str, Callable[..., List[dict]]] = {
+_WRITERS: dict[str, Callable[..., list[dict]]] = {
     "koniq10k": _koniq10k, "spaq": _spaq, "livec": _livec, "live": _live, "csiq": _csiq,
     "tid2013": _tid2013, "kadid10k": _kadid10k, "bid": _bid, "gfiqa20k": _gfiqa20k,
     "agiqa3k": _agiqa3k, "aigciqa2023": _aigciqa2023, "uwiqa": _uwiqa,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Dict, List, Optional, Union
+from typing import Any
 
 import tensorflow_datasets as tfds
 
@@ -17,8 +17,13 @@ from promptiqa_jax.data import datasets
 SYNTHETIC = "synthetic_iqa"
 
 
-def prepare(name: str, data_dir: Union[str, os.PathLike],
-            manual_dir: Optional[Union[str, os.PathLike]], config: Union[str, int] = "224",
+def default_data_dir() -> str:
+  """The folder TFDS uses when none is given: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  return os.path.expanduser(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
+
+
+def prepare(name: str, data_dir: str | os.PathLike,
+            manual_dir: str | os.PathLike | None, config: str | int = "224",
             skip_bad_images: bool = False, **options: Any):
   """Builds dataset `name` into `data_dir` (a no-op if already built) and returns its builder.
 
@@ -49,7 +54,7 @@ def prepare(name: str, data_dir: Union[str, os.PathLike],
   return builder
 
 
-def list_datasets(data_dir: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
+def list_datasets(data_dir: str | os.PathLike) -> list[dict[str, Any]]:
   """One dict per dataset key: what it is, and which configs are built in `data_dir`.
 
   Keys: name, title, score_type ("MOS"/"DMOS"), lower_better, raw_range (lo, hi), norm, images
@@ -79,7 +84,7 @@ def list_datasets(data_dir: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
   return rows
 
 
-def _prepared_configs(data_dir: str, name: str, version: str) -> List[str]:
+def _prepared_configs(data_dir: str, name: str, version: str) -> list[str]:
   """Configs of `name` with a finished build (a dataset_info.json) of `version` in data_dir."""
   folder = os.path.join(data_dir, name)
   if os.path.isfile(os.path.join(folder, version, "dataset_info.json")):

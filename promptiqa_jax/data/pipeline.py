@@ -31,7 +31,7 @@ import hashlib
 import json
 import sys
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import grain
 import numpy as np
@@ -73,7 +73,7 @@ def prefetched(ds: grain.MapDataset, num_workers: int, read_threads: int) -> gra
 
 
 def groups_per_dataset(sizes: Sequence[int], group_size: int,
-                       weights: Optional[Sequence[float]] = None) -> list[int]:
+                       weights: Sequence[float] | None = None) -> list[int]:
   """Groups each dataset contributes to one epoch.
 
   Without weights, all of its full groups (size // group_size). With weights, the epoch keeps the

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Union
 
 import cv2
 import numpy as np
@@ -51,7 +50,7 @@ def decode_image(data: bytes, source: str = "<bytes>",
     raise ImageError(f"{source}: cannot decode image ({err})") from err
 
 
-def load_image(path: Union[str, os.PathLike], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
   """Reads and decodes an image file to uint8 RGB `[H, W, 3]`; errors name the path."""
   try:
     with open(path, "rb") as f:

@@ -14,7 +14,7 @@ and then takes the same positions, which is also a uniformly random P-subset).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -26,7 +26,7 @@ METHODS = ("interval", "random")
 
 
 def select_prompt(scores: Sequence[float], size: int, method: str = "interval",
-                  seed: Optional[int] = None) -> np.ndarray:
+                  seed: int | None = None) -> np.ndarray:
   """Indices `[size]` into `scores` of the prompt's pairs (see the module docstring).
 
   Raises ValueError for an unknown method, size < 2 with interval sampling, a missing seed with
@@ -60,9 +60,9 @@ def _load_images(source: sources.ScoredSource, indices: Sequence[int], size: int
   return images
 
 
-def load_prompt(config: Any, dataset_name: str, *, size: Optional[int] = None,
-                method: Optional[str] = None, seed: Optional[int] = None,
-                split: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+def load_prompt(config: Any, dataset_name: str, *, size: int | None = None,
+                method: str | None = None, seed: int | None = None,
+                split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
   """The prompt of one dataset: (images [P, H, W, 3] float32, scores [P] float32 normalised).
 
   Defaults from `config` (the data section): size = prompt_size, method = prompt_sampling,
@@ -128,9 +128,9 @@ class EvalBatches:
     return iter(self._ds)
 
 
-def eval_batches(config: Any, dataset_name: str, split: Optional[str] = None,
-                 batch_size: Optional[int] = None, *, process_index: int = 0,
-                 process_count: int = 1, num_workers: Optional[int] = None) -> EvalBatches:
+def eval_batches(config: Any, dataset_name: str, split: str | None = None,
+                 batch_size: int | None = None, *, process_index: int = 0,
+                 process_count: int = 1, num_workers: int | None = None) -> EvalBatches:
   """The test (default config.eval_split) records of one dataset in padded batches of
   `batch_size` (default config.eval_batch_size), without augmentation; see EvalBatches."""
   split = split or config.eval_split

@@ -8,8 +8,6 @@ Assumed, as the reference: entry i of MOSz (0-based) scores Image/allimg/<i>.png
 """
 from __future__ import annotations
 
-from typing import List
-
 import numpy as np
 from etils import epath
 
@@ -42,7 +40,7 @@ class Builder(iqa_base.IqaBuilder):
   FACTS = FACTS
 
   @staticmethod
-  def read_layout(root: epath.Path) -> List[iqa_base.Entry]:
+  def read_layout(root: epath.Path) -> list[iqa_base.Entry]:
     mos = iqa_base.load_mat(root, LABEL_FILES[0], ("MOSz",), FACTS.title)["MOSz"]
     return [
         iqa_base.Entry(name=f"{IMAGE_DIR}/{index}.png", score_raw=float(score), unit=index,

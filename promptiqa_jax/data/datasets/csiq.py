@@ -11,8 +11,6 @@ system.
 """
 from __future__ import annotations
 
-from typing import List
-
 from etils import epath
 
 from promptiqa_jax.data.datasets import iqa_base
@@ -50,7 +48,7 @@ class Builder(iqa_base.IqaBuilder):
   FACTS = FACTS
 
   @staticmethod
-  def read_layout(root: epath.Path) -> List[iqa_base.Entry]:
+  def read_layout(root: epath.Path) -> list[iqa_base.Entry]:
     rows = iqa_base.read_text_rows(root, LABEL_FILES[0], 2, FACTS.title)
     unit_of = {ref: unit for unit, ref in enumerate(sorted({reference_of(n) for _, (n, _) in rows}))}
     entries = []

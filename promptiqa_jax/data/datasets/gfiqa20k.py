@@ -7,8 +7,6 @@ Score: MOS as is. Split unit: the image (its row index, 0-based).
 """
 from __future__ import annotations
 
-from typing import List
-
 from etils import epath
 
 from promptiqa_jax.data.datasets import iqa_base
@@ -40,7 +38,7 @@ class Builder(iqa_base.IqaBuilder):
   FACTS = FACTS
 
   @staticmethod
-  def read_layout(root: epath.Path) -> List[iqa_base.Entry]:
+  def read_layout(root: epath.Path) -> list[iqa_base.Entry]:
     rows = iqa_base.read_csv(root, LABEL_FILES[0], ("img_name", "mos"), FACTS.title)
     entries = []
     for index, row in enumerate(rows):

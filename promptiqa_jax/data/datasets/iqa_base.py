@@ -46,7 +46,7 @@ import os
 import random
 import shutil
 import tempfile
-from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -93,7 +93,7 @@ class DatasetFacts:
   title: str
   score_type: str  # "MOS" or "DMOS"
   lower_better: bool
-  raw_range: Tuple[float, float]
+  raw_range: tuple[float, float]
   norm_offset: float
   norm_scale: float
   num_images: int  # as distributed, after the reference's own drops
@@ -104,7 +104,7 @@ class DatasetFacts:
   license: str
   citation: str
   # Widest raw score accepted, where the real scores leave the nominal `raw_range`; else raw_range.
-  accepted_range: Optional[Tuple[float, float]] = None
+  accepted_range: tuple[float, float] | None = None
 
   def normalize(self, raw: float) -> float:
     return (raw - self.norm_offset) / self.norm_scale
@@ -121,7 +121,7 @@ class DatasetFacts:
   def random_splits(self) -> bool:
     return self.num_images < RANDOM_SPLITS_BELOW
 
-  def metadata(self) -> Dict[str, Any]:
+  def metadata(self) -> dict[str, Any]:
     """The facts as JSON-able TFDS metadata."""
     return {
         "title": self.title,
@@ -153,13 +153,13 @@ class Entry:
   score_raw: float
   unit: int
   source: str
-  official_split: Optional[str] = None
+  official_split: str | None = None
 
 
 class IqaConfig(tfds.core.BuilderConfig):
   """A stored image size: `image_size` pixels square, or None for full size."""
 
-  def __init__(self, *, image_size: Optional[int], **kwargs):
+  def __init__(self, *, image_size: int | None, **kwargs):
     super().__init__(**kwargs)
     self.image_size = image_size
 
@@ -167,7 +167,7 @@ class IqaConfig(tfds.core.BuilderConfig):
 FULL = "full"
 
 
-def make_config(config: Union[str, int, IqaConfig] = "224") -> IqaConfig:
+def make_config(config: str | int | IqaConfig = "224") -> IqaConfig:
   """"224", "full", or any square size as int or digit string (e.g. 32 for tests) -> IqaConfig."""
   if isinstance(config, IqaConfig):
     return config
@@ -191,7 +191,7 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   DEFAULT_CONFIG_NAME = "224"
   FACTS: ClassVar[DatasetFacts]
 
-  def __init__(self, *, config: Union[None, str, int, IqaConfig] = None,
+  def __init__(self, *, config: None | str | int | IqaConfig = None,
                skip_bad_images: bool = False, file_format: Any = "array_record", **kwargs):
     """`config` as `make_config` takes it; `skip_bad_images`: leave out, with a warning, images that
     are absent or undecodable instead of failing."""
@@ -211,7 +211,7 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   @staticmethod
   @abc.abstractmethod
-  def read_layout(root: epath.Path) -> List[Entry]:
+  def read_layout(root: epath.Path) -> list[Entry]:
     """Reads the label files under the dataset root; LayoutError on anything missing or malformed."""
 
   @property
@@ -276,7 +276,7 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for split, indices in splits.items()
     }
 
-  def _generate_examples(self, records: Sequence[Tuple[Entry, int]]) -> Iterator[Tuple[str, dict]]:
+  def _generate_examples(self, records: Sequence[tuple[Entry, int]]) -> Iterator[tuple[str, dict]]:
     facts = self.FACTS
     for entry, index in records:
       yield entry.name, {
@@ -296,14 +296,14 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                         f"download from {self.FACTS.download_url}.") from err
 
   def _encode_all(self, root: epath.Path, entries: Sequence[Entry],
-                  missing_folders: Mapping[str, int]) -> Dict[str, str]:
+                  missing_folders: Mapping[str, int]) -> dict[str, str]:
     """Decodes, resizes and PNG-encodes every image into the scratch folder.
 
     Returns {name: why} of the images that are absent or cannot be decoded.
     """
     size = self.builder_config.image_size
 
-    def encode(item: Tuple[int, Entry]) -> Optional[str]:
+    def encode(item: tuple[int, Entry]) -> str | None:
       index, entry = item
       if os.path.dirname(entry.name) in missing_folders:
         return "its folder is missing"
@@ -328,7 +328,7 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {entry.name: why for entry, why in zip(entries, reasons) if why}
 
 
-def _missing_folders(root: epath.Path, entries: Sequence[Entry]) -> Dict[str, int]:
+def _missing_folders(root: epath.Path, entries: Sequence[Entry]) -> dict[str, int]:
   """Image folders (relative to root) that do not exist -> how many listed images they should hold."""
   counts = collections.Counter(os.path.dirname(e.name) for e in entries)
   return {f: n for f, n in counts.items() if f and not (root / f).is_dir()}
@@ -363,7 +363,7 @@ def check_entries(entries: Sequence[Entry], facts: DatasetFacts) -> None:
           "the original one")
 
 
-def split_units(units: Sequence[int], seed: int, fraction: float) -> Tuple[List[int], List[int]]:
+def split_units(units: Sequence[int], seed: int, fraction: float) -> tuple[list[int], list[int]]:
   """The reference's split: shuffle the sorted units with `seed`, the first round(fraction n) first."""
   order = sorted(units)
   random.Random(seed).shuffle(order)
@@ -371,14 +371,14 @@ def split_units(units: Sequence[int], seed: int, fraction: float) -> Tuple[List[
   return order[:cut], order[cut:]
 
 
-def assign_splits(entries: Sequence[Entry], facts: DatasetFacts) -> Dict[str, List[int]]:
+def assign_splits(entries: Sequence[Entry], facts: DatasetFacts) -> dict[str, list[int]]:
   """Split name -> indices into `entries`; see the module docstring for the splits and seeds."""
   units = sorted({e.unit for e in entries})
   if len(units) < 3:
     raise LayoutError(f"{facts.title}: {len(units)} split units; at least 3 are needed for a "
                       "train, validation and test side")
 
-  def members(chosen) -> List[int]:
+  def members(chosen) -> list[int]:
     chosen = set(chosen)
     return [i for i, e in enumerate(entries) if e.unit in chosen]
 
@@ -433,7 +433,7 @@ def parse_score(value: Any, source: str, title: str) -> float:
 
 
 def read_csv(root: epath.Path, relpath: str, columns: Sequence[str],
-             title: str) -> List[Dict[str, str]]:
+             title: str) -> list[dict[str, str]]:
   """Rows of a CSV with a header row, as dicts; LayoutError naming any missing column."""
   path = require_file(root, relpath, title)
   with open(os.fspath(path), "r", newline="", encoding="utf-8-sig") as f:
@@ -447,7 +447,7 @@ def read_csv(root: epath.Path, relpath: str, columns: Sequence[str],
 
 
 def read_xlsx(root: epath.Path, relpath: str, num_columns: int,
-              title: str) -> List[Tuple[int, tuple]]:
+              title: str) -> list[tuple[int, tuple]]:
   """(row number, first `num_columns` cells) of the active sheet's rows after the header row.
 
   Reading stops at the first row whose first cell is empty, as the sheets end.
@@ -472,7 +472,7 @@ def read_xlsx(root: epath.Path, relpath: str, num_columns: int,
 
 
 def read_text_rows(root: epath.Path, relpath: str, num_fields: int,
-                   title: str) -> List[Tuple[int, List[str]]]:
+                   title: str) -> list[tuple[int, list[str]]]:
   """(line number, whitespace-separated fields) of a text file's non-blank lines."""
   path = require_file(root, relpath, title)
   rows = []
@@ -489,7 +489,7 @@ def read_text_rows(root: epath.Path, relpath: str, num_fields: int,
 
 
 def load_mat(root: epath.Path, relpath: str, keys: Sequence[str], title: str,
-             any_of: bool = False) -> Dict[str, np.ndarray]:
+             any_of: bool = False) -> dict[str, np.ndarray]:
   """Variables of a MATLAB .mat file; LayoutError naming missing ones (with any_of, all missing)."""
   import scipy.io  # pylint: disable=g-import-not-at-top  # only these builders need it
 
@@ -507,7 +507,7 @@ def load_mat(root: epath.Path, relpath: str, keys: Sequence[str], title: str,
   return data
 
 
-def mat_strings(cells: np.ndarray) -> List[str]:
+def mat_strings(cells: np.ndarray) -> list[str]:
   """The strings of a MATLAB cell array of strings (loadmat's object array of 1-element arrays)."""
   out = []
   for cell in np.asarray(cells, dtype=object).ravel():

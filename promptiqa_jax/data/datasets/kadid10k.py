@@ -8,8 +8,6 @@ Score: (MOS - 1) / 5, higher is better. Split unit: the reference image, its num
 """
 from __future__ import annotations
 
-from typing import List
-
 from etils import epath
 
 from promptiqa_jax.data.datasets import iqa_base
@@ -50,7 +48,7 @@ class Builder(iqa_base.IqaBuilder):
   FACTS = FACTS
 
   @staticmethod
-  def read_layout(root: epath.Path) -> List[iqa_base.Entry]:
+  def read_layout(root: epath.Path) -> list[iqa_base.Entry]:
     rows = iqa_base.read_csv(root, LABEL_FILES[0], ("dist_img", "dmos"), FACTS.title)
     entries = []
     for index, row in enumerate(rows):

@@ -9,8 +9,6 @@ copy of the CSV without the column builds without official splits.
 """
 from __future__ import annotations
 
-from typing import List
-
 from etils import epath
 
 from promptiqa_jax.data.datasets import iqa_base
@@ -44,7 +42,7 @@ class Builder(iqa_base.IqaBuilder):
   FACTS = FACTS
 
   @staticmethod
-  def read_layout(root: epath.Path) -> List[iqa_base.Entry]:
+  def read_layout(root: epath.Path) -> list[iqa_base.Entry]:
     rows = iqa_base.read_csv(root, LABEL_FILES[0], ("image_name", "MOS"), FACTS.title)
     entries = []
     for index, row in enumerate(rows):

@@ -17,8 +17,6 @@ accepted (normalised scores can then leave [0, 1] slightly, as in the reference)
 """
 from __future__ import annotations
 
-from typing import List
-
 import numpy as np
 from etils import epath
 
@@ -55,7 +53,7 @@ class Builder(iqa_base.IqaBuilder):
   FACTS = FACTS
 
   @staticmethod
-  def read_layout(root: epath.Path) -> List[iqa_base.Entry]:
+  def read_layout(root: epath.Path) -> list[iqa_base.Entry]:
     scores = iqa_base.load_mat(root, LABEL_FILES[0], ("dmos", "dmos_new", "orgs"), FACTS.title,
                                any_of=True)
     if "orgs" not in scores:

@@ -9,8 +9,6 @@ Score: (MOS - 1) / 100. Split unit: the image (its index after the drop, 0-based
 """
 from __future__ import annotations
 
-from typing import List
-
 import numpy as np
 from etils import epath
 
@@ -46,7 +44,7 @@ class Builder(iqa_base.IqaBuilder):
   FACTS = FACTS
 
   @staticmethod
-  def read_layout(root: epath.Path) -> List[iqa_base.Entry]:
+  def read_layout(root: epath.Path) -> list[iqa_base.Entry]:
     names = iqa_base.mat_strings(iqa_base.load_mat(
         root, LABEL_FILES[0], ("AllImages_release",), FACTS.title)["AllImages_release"])
     mos = np.asarray(iqa_base.load_mat(root, LABEL_FILES[1], ("AllMOS_release",),

@@ -8,8 +8,6 @@ empty first cell (the reference stops after 11,125).
 """
 from __future__ import annotations
 
-from typing import List
-
 from etils import epath
 
 from promptiqa_jax.data.datasets import iqa_base
@@ -41,7 +39,7 @@ class Builder(iqa_base.IqaBuilder):
   FACTS = FACTS
 
   @staticmethod
-  def read_layout(root: epath.Path) -> List[iqa_base.Entry]:
+  def read_layout(root: epath.Path) -> list[iqa_base.Entry]:
     rows = iqa_base.read_xlsx(root, LABEL_FILES[0], 2, FACTS.title)
     entries = []
     for index, (number, (image_name, mos)) in enumerate(rows):

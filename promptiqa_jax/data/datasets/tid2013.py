@@ -9,8 +9,6 @@ the reference numbers an `os.listdir` of reference_images/, whose order depends 
 """
 from __future__ import annotations
 
-from typing import List
-
 from etils import epath
 
 from promptiqa_jax.data.datasets import iqa_base
@@ -50,7 +48,7 @@ class Builder(iqa_base.IqaBuilder):
   FACTS = FACTS
 
   @staticmethod
-  def read_layout(root: epath.Path) -> List[iqa_base.Entry]:
+  def read_layout(root: epath.Path) -> list[iqa_base.Entry]:
     entries = []
     for number, (mos, name) in iqa_base.read_text_rows(root, LABEL_FILES[0], 2, FACTS.title):
       source = f"{LABEL_FILES[0]} line {number}"

@@ -9,8 +9,6 @@ official page.
 """
 from __future__ import annotations
 
-from typing import List
-
 from etils import epath
 
 from promptiqa_jax.data.datasets import iqa_base
@@ -52,7 +50,7 @@ class Builder(iqa_base.IqaBuilder):
   FACTS = FACTS
 
   @staticmethod
-  def read_layout(root: epath.Path) -> List[iqa_base.Entry]:
+  def read_layout(root: epath.Path) -> list[iqa_base.Entry]:
     entries = []
     rows = iqa_base.read_xlsx(root, LABEL_FILES[0], 2, FACTS.title)
     for index, (number, (image, score)) in enumerate(rows):

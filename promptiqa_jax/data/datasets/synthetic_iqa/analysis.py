@@ -41,7 +41,7 @@ def correlation_table(names: Sequence[str], matrix: np.ndarray) -> str:
   return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
   """Command line: build (if needed), then print the requirement SRCC table of one split."""
   parser = argparse.ArgumentParser(description="Build synthetic_iqa (if needed) and print the SRCC "
                                                "between its requirements as a markdown table.")
