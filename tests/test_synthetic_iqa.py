@@ -11,6 +11,7 @@ from promptiqa_jax.data.datasets.synthetic_iqa import distortions
 from promptiqa_jax.data.datasets.synthetic_iqa import fr_measures
 from promptiqa_jax.data.datasets.synthetic_iqa import pristine
 from promptiqa_jax.data.datasets.synthetic_iqa import requirements
+from promptiqa_jax.data.datasets.synthetic_iqa import rules
 from promptiqa_jax.data.datasets.synthetic_iqa.distortions import DISTORTIONS
 
 # Small source images (fast to load): 2 colour, 3 grey, so every split gets content.
@@ -60,11 +61,15 @@ def test_metadata():
     requirements.TABLE.index("nope")
   heldout = requirements.TABLE.heldout()
   assert len(heldout) >= 3
-  assert {r.kind for r in heldout} == {"full_reference", "weighted"}
+  in_family = [r for r in heldout if not r.out_of_family]
+  out_of_family = [r for r in heldout if r.out_of_family]
+  assert {r.kind for r in in_family} == {"full_reference", "weighted"}
+  assert len(out_of_family) >= 3 and not {r.kind for r in out_of_family} & {"weighted"}
   assert set(heldout).isdisjoint(requirements.TABLE.train())
   assert len(heldout) + len(requirements.TABLE.train()) == len(requirements.REQUIREMENTS)
   assert any(r.lower_better for r in requirements.REQUIREMENTS)
-  assert all(r.kind in ("full_reference", "weighted") for r in requirements.REQUIREMENTS)
+  assert all(r.kind == "full_reference" or r.name in rules.RULES
+             for r in requirements.REQUIREMENTS)
 
 
 def test_splits_sizes_and_disjoint_contents(build):
@@ -226,7 +231,7 @@ def test_random_requirement_scores_range_monotone_varied():
       copy[:, t] = np.minimum(copy[:, t] + 1, 5)
       bumped.append(copy)
     both = requirements.random_requirement_scores(np.concatenate([levels] + bumped),
-                                          np.random.default_rng(draw))
+                                                  np.random.default_rng(draw))
     delta = both[11:].reshape(len(bumped), 11) - both[:11]
     assert np.all(delta >= -1e-7) or np.all(delta <= 1e-7)
     directions.add(bool(np.sum(delta) > 0))
@@ -238,7 +243,7 @@ def test_random_requirement_scores_range_monotone_varied():
 
 def test_distortions_grow_with_level():
   reference = pristine.crop(preprocess.load_image(pristine.PRISTINE[0].path()), 32,
-                         np.random.default_rng(0))
+                            np.random.default_rng(0))
   for t, name in enumerate(DISTORTIONS):
     severities = np.zeros((5, len(DISTORTIONS)))
     severities[:, t] = np.arange(1, 6)
@@ -246,3 +251,47 @@ def test_distortions_grow_with_level():
                           for s in severities])
     psnr = fr_measures.psnr(reference, distorted)
     assert np.all(np.diff(psnr) < 0), (name, psnr)
+
+
+def _severities(**levels) -> np.ndarray:
+  """One row of severities per value: _severities(noise=[0, 1, 2]) -> [3, T]."""
+  count = len(next(iter(levels.values())))
+  out = np.zeros((count, len(DISTORTIONS)))
+  for name, values in levels.items():
+    out[:, DISTORTIONS.index(name)] = values
+  return out
+
+
+def _content(name: str, size: int = 32) -> np.ndarray:
+  source = next(s for s in pristine.PRISTINE if s.name == name)
+  return pristine.crop(preprocess.load_image(source.path()), size, np.random.default_rng(0))
+
+
+def test_grain_preference_rises_then_falls_with_noise():
+  flat = np.zeros((6, 8, 8, 3), np.uint8)
+  quality = rules.RULES["grain_preference"].quality(_severities(noise=np.arange(6)), flat[0], flat)
+  best = int(np.argmax(quality))
+  assert 0 < best < 5 and np.all(np.diff(quality[:best + 1]) > 0)
+  assert np.all(np.diff(quality[best:]) < 0)
+
+
+def test_exposure_target_depends_on_the_content():
+  rule = rules.RULES["exposure_target"]
+  bright = np.clip(_content("moon").astype(np.int32) + 120, 0, 255).astype(np.uint8)
+  dark = (_content("moon") * 0.6).astype(np.uint8)
+  darken = _severities(darken=[0.0, 3.0])
+  for reference, sign in ((bright, +1), (dark, -1)):
+    distorted = np.stack([distortions.apply(reference, s, np.random.default_rng(0))
+                          for s in darken])
+    quality = rule.quality(darken, reference, distorted)
+    assert sign * (quality[1] - quality[0]) > 0.05, (sign, quality)
+
+
+def test_masked_artifacts_hide_noise_and_reveal_blur_on_texture():
+  rule = rules.RULES["masked_artifacts"]
+  flat, busy = _content("moon"), _content("gravel")
+  assert rules.texture_activity(busy) > 2 * rules.texture_activity(flat)
+  noise, blur = _severities(noise=[3.0]), _severities(blur=[3.0])
+  unused = np.zeros((1, 32, 32, 3), np.uint8)
+  assert rule.quality(noise, busy, unused) > rule.quality(noise, flat, unused) + 0.05
+  assert rule.quality(blur, busy, unused) < rule.quality(blur, flat, unused) - 0.05

@@ -34,6 +34,8 @@ class Requirement:
   kind: how the dataset computes it (e.g. "full_reference", "weighted"). lower_better: DMOS-like.
   raw_range: (low, high) mapped to (0, 1) (clipped; the direction is kept).
   heldout: never used for training; evaluation only.
+  out_of_family: (held-out ones) no training requirement and no draw of the random family covers
+    it: evaluation reports it apart from the held-out requirements "in family".
   """
   name: str
   kind: str
@@ -41,6 +43,7 @@ class Requirement:
   heldout: bool
   description: str
   raw_range: tuple[float, float]
+  out_of_family: bool = False
 
   def normalise(self, raw: np.ndarray) -> np.ndarray:
     """Raw scores `[N]` -> `[N]` float32 in [0, 1]."""
@@ -64,6 +67,9 @@ class RequirementTable:
     if len(set(names)) != len(names) or RANDOM_REQUIREMENT in names:
       raise ValueError(f"{self.dataset}: requirement names must be unique and not "
                        f"{RANDOM_REQUIREMENT!r}, got {names}")
+    trained = [r.name for r in self.requirements if r.out_of_family and not r.heldout]
+    if trained:
+      raise ValueError(f"{self.dataset}: out-of-family requirements must be held out: {trained}")
 
   @property
   def names(self) -> tuple[str, ...]:

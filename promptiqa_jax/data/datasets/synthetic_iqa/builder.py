@@ -6,7 +6,8 @@ images. Each content gives `crops_per_content` random square crops, resized to `
 crop gives `distorted_per_crop` distorted versions carrying one to three of the eight DISTORTIONS at
 random levels 1..5 (records never hold the pristine crop itself). Every record is scored under all
 REQUIREMENTS at once: full-reference measures against its pristine crop (PSNR, SSIM, MS-SSIM,
-CIEDE2000, GMSD) and distortion-weighted rules (one distortion family matters most). Normalised
+CIEDE2000, GMSD) and rules on the distortions (rules.py: weighted ones, where one distortion family
+matters most, and three of other forms, held out as "out of family"). Normalised
 scores keep the requirement's direction, as the reference keeps DMOS datasets lower-is-better.
 
 The requirements and the random family training draws from are declared in `requirements.TABLE`
@@ -167,8 +168,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   name = "synthetic_iqa"
   REQUIREMENTS = TABLE
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "Three held-out requirements outside the random family's span."}
   BUILDER_CONFIGS = [DEFAULT_CONFIG]
 
   def __init__(self, *, config: Any = None, file_format: Any = "array_record", **kwargs: Any):

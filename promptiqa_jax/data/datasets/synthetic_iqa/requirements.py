@@ -6,42 +6,11 @@ is computed from images is `scoring.py`'s business, at build time.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from promptiqa_jax.data.datasets.synthetic_iqa.distortions import DISTORTIONS, NUM_LEVELS
 from promptiqa_jax.data.requirements import Requirement, RequirementTable
 
-
-@dataclasses.dataclass(frozen=True)
-class WeightedRule:
-  """quality = prod_t (1 - w_t * (s_t / 5.5) ** exponent) over the severities s_t (0 = absent).
-
-  5.5 is the highest severity (level 5 plus its jitter). The product keeps quality in (0, 1] for
-  any number of distortions; `scoring.raw_scores` maps it onto the requirement's raw range, reversed
-  for a DMOS-like requirement.
-  """
-  weights: dict[str, float]
-  exponent: float
-  default_weight: float
-
-  def quality(self, severities: np.ndarray) -> np.ndarray:
-    """Severities `[N, T]` -> quality `[N]` in (0, 1]."""
-    w = np.array([self.weights.get(t, self.default_weight) for t in DISTORTIONS])
-    relative = np.asarray(severities, np.float64) / (NUM_LEVELS + 0.5)
-    return np.prod(1.0 - w * relative ** self.exponent, axis=-1)
-
-
-BLUR_MATTERS = WeightedRule({"blur": 0.95}, exponent=1.3, default_weight=0.2)
-NOISE_MATTERS = WeightedRule({"noise": 0.95, "jpeg": 0.4}, exponent=1.0, default_weight=0.15)
-COMPRESSION_MATTERS = WeightedRule({"jpeg": 0.9, "pixelate": 0.85, "blur": 0.35}, exponent=0.8,
-                                   default_weight=0.1)
-# Exposure only lightly: PSNR already ranks images mostly by their exposure errors, and a rule that
-# weighted exposure heavily would re-rank the test images like PSNR does (SRCC ~0.9).
-VIVIDNESS_MATTERS = WeightedRule(
-    {"contrast": 0.9, "desaturate": 0.8, "darken": 0.3, "brighten": 0.3}, exponent=1.2,
-    default_weight=0.15)
 
 REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("psnr", "full_reference", False, False,
@@ -64,15 +33,17 @@ REQUIREMENTS: tuple[Requirement, ...] = (
                 "MOS 1-5, JPEG and pixelation matter most, blur somewhat", (1.0, 5.0)),
     Requirement("vividness_dmos", "weighted", True, True,
                 "DMOS 0-100, contrast and colour loss matter most, exposure lightly", (0.0, 100.0)),
+    # Out of the random family's span (rules.py says why for each).
+    Requirement("grain_preference", "non_monotone", False, True,
+                "MOS 1-5, moderate noise is liked as film grain, none or heavy noise less",
+                (1.0, 5.0), out_of_family=True),
+    Requirement("exposure_target", "exposure", True, True,
+                "DMOS 0-100, how far the picture's brightness is from mid-grey (the content's own "
+                "exposure counts too)", (0.0, 100.0), out_of_family=True),
+    Requirement("masked_artifacts", "content_masked", False, True,
+                "MOS 0-100, texture hides noise, blocking and pixelation and reveals blur",
+                (0.0, 100.0), out_of_family=True),
 )
-
-
-WEIGHTED_RULES: dict[str, WeightedRule] = {
-    "blur_matters": BLUR_MATTERS,
-    "noise_dmos": NOISE_MATTERS,
-    "compression_mos": COMPRESSION_MATTERS,
-    "vividness_dmos": VIVIDNESS_MATTERS,
-}
 
 
 def random_requirement_scores(levels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

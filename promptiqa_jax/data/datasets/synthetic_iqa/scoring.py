@@ -6,7 +6,8 @@ from typing import Callable
 import numpy as np
 
 from promptiqa_jax.data.datasets.synthetic_iqa import fr_measures
-from promptiqa_jax.data.datasets.synthetic_iqa.requirements import REQUIREMENTS, WEIGHTED_RULES
+from promptiqa_jax.data.datasets.synthetic_iqa.requirements import REQUIREMENTS
+from promptiqa_jax.data.datasets.synthetic_iqa.rules import RULES
 from promptiqa_jax.data.requirements import Requirement
 
 # Full-reference measures: (reference [S, S, 3], distorted [N, S, S, 3]) uint8 -> raw [N].
@@ -24,7 +25,7 @@ def raw_scores(requirement: Requirement, reference: np.ndarray, distorted: np.nd
   """Raw scores `[N]` of one requirement (see `score_records` for the shapes)."""
   if requirement.kind == "full_reference":
     return FR_MEASURES[requirement.name](reference, distorted)
-  quality = WEIGHTED_RULES[requirement.name].quality(severities)
+  quality = RULES[requirement.name].quality(severities, reference, distorted)
   low, high = requirement.raw_range
   return low + (high - low) * ((1.0 - quality) if requirement.lower_better else quality)
 
