@@ -91,15 +91,18 @@ def _prepare(args: argparse.Namespace) -> int:
   else:
     options["config"] = str(args.image_size) if args.image_size else args.config
     options["skip_bad_images"] = args.skip_bad_images
-  catalog.prepare(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir, **options)
-  print(f"prepared {args.name} in {args.data_dir}")
+  data_dir = args.data_dir or catalog.default_data_dir()
+  catalog.prepare(args.name, data_dir=data_dir, manual_dir=args.manual_dir, **options)
+  print(f"prepared {args.name} in {data_dir}")
   return 0
 
 
 def _datasets(args: argparse.Namespace) -> int:
   from promptiqa_jax.data import catalog
 
-  rows = catalog.list_datasets(args.data_dir)
+  data_dir = args.data_dir or catalog.default_data_dir()
+  print(f"data_dir: {data_dir}")
+  rows = catalog.list_datasets(data_dir)
   columns = ["name", "score_type", "lower_better", "raw_range", "images", "prepared"]
   print(" | ".join(columns))
   for row in rows:
@@ -108,9 +111,9 @@ def _datasets(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-  from promptiqa_jax import bench
+  from promptiqa_jax.bench import command
 
-  return bench.main(args)
+  return command.main(args)
 
 
 def _positive_int(text: str) -> int:
@@ -148,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   prepare = commands.add_parser("prepare", help="build a dataset's TFDS files")
   prepare.add_argument("name")
-  prepare.add_argument("--data-dir", required=True)
+  prepare.add_argument("--data-dir", help="where TFDS datasets live (default: $TFDS_DATA_DIR or "
+                       "~/tensorflow_datasets, as TFDS)")
   prepare.add_argument("--manual-dir", help="the dataset as downloaded (real datasets)")
   prepare.add_argument("--image-size", type=int,
                        help="stored square image size (overrides --config for real datasets)")
@@ -159,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
   prepare.set_defaults(run=_prepare)
 
   datasets = commands.add_parser("datasets", help="list datasets and whether they are prepared")
-  datasets.add_argument("--data-dir", default=None)
+  datasets.add_argument("--data-dir", help="where TFDS datasets live (default: $TFDS_DATA_DIR or "
+                        "~/tensorflow_datasets, as TFDS)")
   datasets.set_defaults(run=_datasets)
 
   bench = commands.add_parser("bench", help="throughput: training step, scoring, prompt encoding, "

@@ -28,7 +28,7 @@ def test_analytic_flops_match_xla_at_paper_size():
   import jax
   import jax.numpy as jnp
 
-  from promptiqa_jax import bench
+  from promptiqa_jax.bench import flops
   from promptiqa_jax.models.config import ModelConfig
   from promptiqa_jax.models.promptiqa import PromptIQANet
 
@@ -42,10 +42,10 @@ def test_analytic_flops_match_xla_at_paper_size():
   lowered = jax.jit(score).lower(_abstract_variables(cfg),
                                  jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32),
                                  jax.ShapeDtypeStruct((10, cfg.prompt_width), jnp.float32))
-  analytic = bench.workload_flops(cfg, "infer", 2, 10)
+  analytic = flops.workload_flops(cfg, "infer", 2, 10)
   # XLA also counts element-wise work (softmax, LayerNorm, GELU): 0.5% more at this size.
   assert 1.0 <= lowered.cost_analysis()["flops"] / analytic < 1.02
-  parts = bench.model_flops(cfg, 10)
+  parts = flops.model_flops(cfg, 10)
   assert parts["image"] == pytest.approx(584e9, rel=0.01)
   assert parts["mal_views"] > parts["vit"]  # the MALs' two views are most of the work
 
@@ -74,21 +74,36 @@ def test_quick_bench_on_smoke_config(tmp_path):
   assert {r["jax"] for r in report["ratios"]} == {"grain_jpeg uint8", "grain_png32 uint8"}
 
 
+def test_input_stream_table_on_tiny_images(tmp_path, capsys):
+  from promptiqa_jax.bench import input_stream
+
+  # Two batches of 2 groups of 11 (warm-up and timed): the fewest the reference's loader accepts.
+  input_stream.main(["--root", str(tmp_path), "--num-images", "44", "--size", "64x48",
+                     "--image-size", "32", "--workers", "0", "--batches", "1"])
+  rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
+          if line.startswith("| ") and "---" not in line][1:]
+  assert [row[0] for row in rows] == [
+      "| grain stream, JPEG originals", "| grain stream, 32 PNG build",
+      "| reference: torch DataLoader + cv2, JPEG files"]
+  assert all(row[1] == "0" and float(row[2]) > 0 for row in rows), rows
+  assert len(os.listdir(tmp_path / "images")) == 44
+
+
 def test_torch_measurements_on_the_tiny_reference():
   import torch
 
-  from promptiqa_jax import bench
+  from promptiqa_jax.bench import plan, report, torch_side
   from promptiqa_jax.config_defaults import optim_config
   from promptiqa_jax.interop.torch_model import TorchPromptIQA
   from promptiqa_jax.models.config import ModelConfig
 
   cfg = ModelConfig.tiny()
   state = {k: v.numpy() for k, v in TorchPromptIQA(cfg).state_dict().items()}
-  opts = bench.Options(whats=("train", "infer", "prompt", "profile"), batch_sizes=(2,), groups=1,
-                       group_size=3, prompt_size=2, warmup=1, repeats=1,
-                       torch_variants=("eager", "autocast"))
+  opts = plan.Options(whats=("train", "infer", "prompt", "profile"), batch_sizes=(2,), groups=1,
+                      group_size=3, prompt_size=2, warmup=1, repeats=1,
+                      torch_variants=("eager", "autocast"))
   torch.manual_seed(0)
-  results = bench.torch_measure(cfg, state, optim_config(), opts, peak=1e9)
+  results = torch_side.torch_measure(cfg, state, optim_config(), opts, peak=1e9)
   measured = {(r["variant"], r["what"], r["dtype"]) for r in results}
   assert {("eager", w, "float32") for w in ("train", "infer", "prompt")} <= measured
   assert {("autocast", w, "bfloat16") for w in ("train", "infer", "prompt")} <= measured
@@ -97,14 +112,14 @@ def test_torch_measurements_on_the_tiny_reference():
   for r in results:
     assert r["images_per_s"] > 0 and r["flops"] > 0, r
   twin = dict(results[0], impl="jax", images_per_s=2 * results[0]["images_per_s"])
-  assert [r["ratio"] for r in bench.ratios([twin, results[0]])] == [pytest.approx(2.0)]
+  assert [r["ratio"] for r in report.ratios([twin, results[0]])] == [pytest.approx(2.0)]
 
 
 def test_jax_profile_stages_chain_on_the_tiny_reference():
   import jax
   import jax.numpy as jnp
 
-  from promptiqa_jax import bench
+  from promptiqa_jax.bench import jax_side
   from promptiqa_jax.models.config import ModelConfig
   from promptiqa_jax.models.promptiqa import PromptIQANet
 
@@ -114,7 +129,7 @@ def test_jax_profile_stages_chain_on_the_tiny_reference():
   def stage(fn, *args):
     return jax.eval_shape(lambda v, *a: module.apply(v, *a, method=fn), variables, *args)
 
-  stages = dict(bench.jax_stages(cfg))
+  stages = dict(jax_side.jax_stages(cfg))
   assert list(stages) == ["vit", "mals", "fusion", "cnn_head", "prompt", "query"]
   value = jax.ShapeDtypeStruct((3, 32, 32, 3), jnp.float32)
   for name in ("vit", "mals", "fusion", "cnn_head"):

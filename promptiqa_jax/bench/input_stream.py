@@ -6,13 +6,14 @@ a torch.utils.data.DataLoader (batch_size=1, num_workers processes). The stream 
 JPEGs from an ArrayRecord TFDS build and decodes them in grain worker processes (Pillow decode,
 OpenCV bicubic resize, normalise, flip, score augmentation).
 
-  python -m promptiqa_jax.data.throughput --workers 0,1,2 --num-images 352 --size 1024x768
+  python -m promptiqa_jax.bench.input_stream --workers 0,1,2 --num-images 352 --size 1024x768
 
 prints a markdown table (loader, workers, images/s, images/s per worker). Synthetic images at
 KonIQ-10k's size (1024x768 JPEG) are written to a temporary folder unless --root is given. The
 stream is measured twice: on a build of the JPEG files as they are (the same work as the reference)
 and on a build stored at the model's input size as PNG (what the real datasets' default "224"
-config holds: the resize is done once at build time, with the same OpenCV call).
+config holds: the resize is done once at build time, with the same OpenCV call). The bench command
+measures the same loaders with `--what input` (`input_measure`).
 """
 from __future__ import annotations
 
@@ -20,14 +21,19 @@ import argparse
 import os
 import tempfile
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import cv2
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from promptiqa_jax.bench.plan import Options
+from promptiqa_jax.bench.report import record
+from promptiqa_jax.data import datasets, preprocess
+
 BENCH_DATASET = "throughput_images"
+ORIGINAL = "original"
 
 
 def write_images(image_dir: str, num_images: int, width: int, height: int,
@@ -48,9 +54,6 @@ def write_images(image_dir: str, num_images: int, width: int, height: int,
   return names
 
 
-ORIGINAL = "original"
-
-
 class ThroughputImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """The JPEGs of one folder as a `train` split with the real IQA datasets' features.
 
@@ -62,7 +65,7 @@ class ThroughputImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=ORIGINAL)]
 
-  def __init__(self, *, image_dir: Optional[str] = None, **kwargs: Any):
+  def __init__(self, *, image_dir: str | None = None, **kwargs: Any):
     self._image_dir = image_dir
     super().__init__(**kwargs)
 
@@ -73,7 +76,7 @@ class ThroughputImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return None
 
   @property
-  def _resize(self) -> Optional[int]:
+  def _resize(self) -> int | None:
     name = self.builder_config.name
     return None if name == ORIGINAL else int(name[len("resized"):])
 
@@ -91,8 +94,6 @@ class ThroughputImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {"train": self._generate_examples()}
 
   def _generate_examples(self):
-    from promptiqa_jax.data import preprocess
-
     rng = np.random.default_rng(0)
     for i, name in enumerate(sorted(os.listdir(self._image_dir))):
       with open(os.path.join(self._image_dir, name), "rb") as f:
@@ -110,8 +111,6 @@ def prepare(root: str, num_images: int, width: int, height: int,
 
   Returns (image_dir, data_dir).
   """
-  from promptiqa_jax.data import sources
-
   image_dir, data_dir = os.path.join(root, "images"), os.path.join(root, "tfds")
   if len(os.listdir(image_dir) if os.path.isdir(image_dir) else []) != num_images:
     write_images(image_dir, num_images, width, height)
@@ -119,17 +118,17 @@ def prepare(root: str, num_images: int, width: int, height: int,
     ThroughputImages(image_dir=image_dir, data_dir=data_dir,
                      config=tfds.core.BuilderConfig(name=config) if config != ORIGINAL else None
                      ).download_and_prepare(file_format="array_record")
-  sources.register_builder(ThroughputImages)
+  datasets.register_builder(ThroughputImages)
   return image_dir, data_dir
 
 
-def stream_throughput(data_dir: str, num_workers: int, image_size: int = 224, group_size: int = 11,
-                      groups_per_batch: int = 2, batches: int = 8, resized: bool = False) -> float:
+def stream_throughput(data_dir: str, num_workers: int, *, image_size: int, group_size: int,
+                      groups_per_batch: int, batches: int, resized: bool = False) -> float:
   """Images/s of train_stream after a warm-up of max(1, num_workers) batches (worker start-up).
 
   resized: read the build stored at the model's input size (no resize in the stream).
   """
-  from promptiqa_jax.data import pipeline
+  from promptiqa_jax.data import pipeline  # grain: loaded only when the stream is measured
 
   name = f"{BENCH_DATASET}/resized{image_size}" if resized else BENCH_DATASET
   config = ml_collections.ConfigDict(dict(
@@ -161,7 +160,8 @@ class _ReferenceGroups:
     return len(self.groups)
 
   def __getitem__(self, index: int) -> Any:
-    import torch
+    import torch  # optional: the [torch] extra
+
     images = []
     for path in self.groups[index]:
       image = cv2.imread(path, cv2.IMREAD_COLOR)
@@ -175,14 +175,13 @@ class _ReferenceGroups:
     return torch.stack(images)
 
 
-def reference_throughput(image_dir: str, num_workers: int, image_size: int = 224,
-                         group_size: int = 11, groups_per_batch: int = 2,
-                         batches: int = 8) -> float:
+def reference_throughput(image_dir: str, num_workers: int, *, image_size: int, group_size: int,
+                         groups_per_batch: int, batches: int) -> float:
   """Images/s of the reference's way (torch DataLoader over OpenCV reads), same warm-up and count.
 
   Batches of groups_per_batch items of one group each, the reference's per-GPU batch times GPUs.
   """
-  import torch
+  import torch  # optional: the [torch] extra
 
   paths = [os.path.join(image_dir, n) for n in sorted(os.listdir(image_dir))]
   loader = torch.utils.data.DataLoader(
@@ -203,7 +202,53 @@ def reference_throughput(image_dir: str, num_workers: int, image_size: int = 224
   return batches * groups_per_batch * group_size / elapsed
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+class Loader(NamedTuple):
+  """One loader measured: the record's impl and variant, the table's label, and its images/s."""
+
+  impl: str
+  variant: str
+  label: str
+  rate: Callable[[str, str, int], float]  # (image_dir, data_dir, workers) -> images/s
+
+
+def loaders(image_size: int, batches: int, group_size: int = 11, groups_per_batch: int = 2,
+            reference: bool = True) -> list[Loader]:
+  """The stream on the JPEG and the PNG build, and with `reference` the reference's DataLoader;
+  batches of `groups_per_batch` groups of `group_size` (default: the reference's per-GPU batch)."""
+  shape = dict(image_size=image_size, group_size=group_size, groups_per_batch=groups_per_batch,
+               batches=batches)
+  found = [
+      Loader("jax", "grain_jpeg", "grain stream, JPEG originals",
+             lambda image_dir, data_dir, workers: stream_throughput(data_dir, workers, **shape)),
+      Loader("jax", f"grain_png{image_size}", f"grain stream, {image_size} PNG build",
+             lambda image_dir, data_dir, workers: stream_throughput(
+                 data_dir, workers, resized=True, **shape))]
+  if reference:
+    found.append(Loader(
+        "torch", "dataloader_jpeg", "reference: torch DataLoader + cv2, JPEG files",
+        lambda image_dir, data_dir, workers: reference_throughput(image_dir, workers, **shape)))
+  return found
+
+
+def input_measure(config: Any, opts: Options, compare_torch: bool) -> list[dict[str, Any]]:
+  """Images/s of the training stream (JPEG originals and the stored-at-input-size PNG build) and,
+  with `compare_torch`, of the reference's DataLoader, on synthetic photo-like JPEGs."""
+  g, n, workers = opts.groups, opts.group_size, opts.input_workers
+  size = int(config.data.image_size)
+  per_run = opts.input_batches * g * n
+  results = []
+  with tempfile.TemporaryDirectory() as root:
+    # The reference's loader reads each group once: enough files for warm-up and timed batches.
+    dirs = prepare(root, (max(1, workers) + opts.input_batches) * g * n, *opts.input_jpeg, size)
+    for loader in loaders(size, opts.input_batches, group_size=n, groups_per_batch=g,
+                          reference=compare_torch):
+      times = [per_run / loader.rate(*dirs, workers) for _ in range(opts.repeats)]
+      results.append(record(loader.impl, loader.variant, "input", g, "uint8", per_run, times, None,
+                            1.0, workers=workers, jpeg_size="x".join(map(str, opts.input_jpeg))))
+  return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--root", help="folder for the images and their TFDS builds (default: a "
                       "temporary folder)")
@@ -220,18 +265,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"{args.num_images} JPEGs {width}x{height} -> {args.image_size}x{args.image_size}, "
           f"{os.cpu_count()} CPUs\n")
     print("| loader | workers | images/s | images/s per worker |\n|---|---|---|---|")
-    size = args.image_size
-    loaders = (
-        ("grain stream, JPEG originals", lambda w: stream_throughput(
-            data_dir, w, size, batches=args.batches)),
-        (f"grain stream, {size} PNG build", lambda w: stream_throughput(
-            data_dir, w, size, batches=args.batches, resized=True)),
-        ("reference: torch DataLoader + cv2, JPEG files", lambda w: reference_throughput(
-            image_dir, w, size, batches=args.batches)))
     for workers in (int(w) for w in args.workers.split(",")):
-      for label, measure in loaders:
-        rate = measure(workers)
-        print(f"| {label} | {workers} | {rate:.1f} | {rate / max(1, workers):.1f} |", flush=True)
+      for loader in loaders(args.image_size, args.batches):
+        rate = loader.rate(image_dir, data_dir, workers)
+        print(f"| {loader.label} | {workers} | {rate:.1f} | {rate / max(1, workers):.1f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,76 @@
+"""Every `promptiqa-jax` subcommand run as a new user first types it: with only its required
+arguments. Each one either does its job or ends with a one-line error that says what is missing,
+never a traceback."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from promptiqa_jax import cli
+
+
+@pytest.fixture
+def tfds_home(tmp_path, monkeypatch):
+  """TFDS's default data folder, pointed at an empty temporary folder (as TFDS reads it)."""
+  home = tmp_path / "tensorflow_datasets"
+  monkeypatch.setenv("TFDS_DATA_DIR", str(home))
+  return home
+
+
+def test_every_subcommand_is_covered_here():
+  parser = cli.build_parser()
+  commands = next(a for a in parser._actions if a.dest == "command").choices
+  assert set(commands) == {"score", "convert", "prepare", "datasets", "bench"}
+
+
+def test_datasets_without_data_dir_uses_the_tfds_default(tfds_home, capsys):
+  assert cli.main(["datasets"]) == 0
+  out = capsys.readouterr().out
+  assert f"data_dir: {tfds_home}" in out
+  assert "koniq10k | MOS | False" in out and "synthetic_iqa" in out
+
+
+def test_prepare_without_data_dir_names_the_missing_download(tfds_home, capsys):
+  assert cli.main(["prepare", "csiq"]) == cli.EXIT_USAGE
+  err = capsys.readouterr().err
+  manual = os.path.join(tfds_home, "downloads", "manual")
+  assert err.startswith("error: ") and manual in err and "Traceback" not in err
+
+
+def test_convert_with_a_file_of_another_model_lists_the_keys(tmp_path, capsys):
+  torch = pytest.importorskip("torch")
+  from promptiqa_jax.interop import torch_model
+  from promptiqa_jax.models.config import ModelConfig
+
+  path = tmp_path / "best_model.pth.tar"
+  reference = torch_model.TorchPromptIQA(ModelConfig.tiny())
+  torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()},
+              "prompt_num": 10}, path)
+  assert cli.main(["convert", "--torch", str(path), "--out", str(tmp_path / "out")]) == 2
+  err = capsys.readouterr().err
+  assert "does not match the model config" in err and "mis-shaped" in err
+  assert not (tmp_path / "out").exists()
+
+
+def test_score_with_only_its_required_arguments(tiny_model_dir, tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  paths = []
+  for index in range(3):
+    paths.append(str(tmp_path / f"{index}.png"))
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(paths[-1])
+  prompt = tmp_path / "prompt.json"
+  prompt.write_text(json.dumps([[paths[0], 0.2], [paths[1], 0.8]]))
+  assert cli.main(["score", "--checkpoint", tiny_model_dir, "--prompt", str(prompt),
+                   paths[2]]) == 0
+  rows = capsys.readouterr().out.strip().splitlines()
+  assert rows[0] == "path,score,error" and rows[1].startswith(paths[2] + ",")
+  assert 0.0 <= float(rows[1].split(",")[1]) <= 1.0
+
+
+def test_bench_with_only_a_config(capsys):
+  config = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py:smoke")
+  assert cli.main(["bench", "--config", config]) == 0
+  out = capsys.readouterr().out
+  assert "train" in out and "infer" in out and "prompt" in out
