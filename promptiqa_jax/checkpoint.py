@@ -1,14 +1,16 @@
-"""Model export: Flax variables as an orbax checkpoint beside the model config (JSON).
+"""Checkpoints: exported model directories, and the training run's own checkpoints.
 
-Layout of an exported model directory:
+Layout of an exported model directory (`save_model`, `load_model`, `export_model`):
   DIR/model_config.json   ModelConfig fields
   DIR/variables/          orbax checkpoint of {"params": ..., "batch_stats": ...}
-Training checkpoints (optimiser state, data iterator) live elsewhere; see `train.py`.
+Training checkpoints (`checkpoint_manager`, `save_checkpoint`, `restore_checkpoint`) live in
+WORKDIR/checkpoints/<step>/: the train state, the grain iterator's state and the config.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -75,3 +77,46 @@ def load_model(directory: str | os.PathLike) -> tuple[dict[str, Any], ModelConfi
   with _checkpointer() as checkpointer:
     variables = checkpointer.restore(os.path.join(directory, VARIABLES_DIR), target)
   return jax.tree_util.tree_map(np.asarray, variables), config
+
+
+def export_model(directory: str | os.PathLike, variables: Any, config: ModelConfig) -> None:
+  """`save_model` replacing any model in `directory`: written beside it, then renamed over it, so
+  that a reader never finds half a model."""
+  directory = os.path.abspath(directory)
+  staging = directory + ".tmp"
+  shutil.rmtree(staging, ignore_errors=True)
+  save_model(staging, variables, config)
+  shutil.rmtree(directory, ignore_errors=True)
+  os.replace(staging, directory)
+
+
+def checkpoint_manager(workdir: str | os.PathLike, max_to_keep: int,
+                       asynchronous: bool = True) -> ocp.CheckpointManager:
+  """The orbax manager of WORKDIR/checkpoints, keeping the last `max_to_keep` steps."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                         enable_async_checkpointing=asynchronous)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: Any, iterator: Any, config: Any,
+                    force: bool = False) -> None:
+  """Saves a train state (at its `step`), the grain `iterator`'s position and the `config`."""
+  import grain  # Heavy; the training loop has it loaded already.
+
+  step = int(jax.device_get(state.step))
+  manager.save(step, force=force, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=grain.checkpoint.CheckpointSave(iterator),
+      config=ocp.args.JsonSave(config.to_dict())))
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: Any, iterator: Any) -> Any:
+  """The latest step's train state, laid out as `abstract_state`; moves `iterator` to where it
+  was."""
+  import grain  # Heavy; the training loop has it loaded already.
+
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state),
+      data=grain.checkpoint.CheckpointRestore(iterator)))
+  return restored["state"]

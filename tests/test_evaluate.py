@@ -21,9 +21,11 @@ import pytest
 
 import fake_iqa
 from fake_iqa import data_config
-from promptiqa_jax import evaluate as ev
+from promptiqa_jax import evaluators
 from promptiqa_jax import metrics
+from promptiqa_jax.data import prompts as prompts_lib
 from promptiqa_jax.data import sources
+from promptiqa_jax.evaluators import common, report, ridge
 
 fake_data_dir = fake_iqa.fake_data_dir  # the session-wide fake build
 
@@ -77,7 +79,7 @@ def _multi_config(data_dir, **overrides):
 
 def test_prompt_controls_and_ceiling_on_a_known_model(fake_data_dir, levels_by_image):
   model = OracleModel(levels_by_image)
-  result = ev.evaluate(model, _multi_config(fake_data_dir), split="test", step=7)
+  result = evaluators.evaluate(model, _multi_config(fake_data_dir), split="test", step=7)
 
   assert result["evaluators"] == ["per_dataset", "prompt_controls", "supervised_ceiling"]
   for name in MULTI:  # the own prompt reproduces each requirement
@@ -109,7 +111,7 @@ def test_prompt_controls_and_ceiling_on_a_known_model(fake_data_dir, levels_by_i
   # combo is linear in the features (SRCC is not tested: float error breaks the truth's ties).
   ceiling = result["supervised_ceiling"]["fake_multi:combo"]
   assert ceiling["plcc"] == pytest.approx(1.0) and ceiling["rmse"] < 1e-4
-  assert ceiling["penalty"] == min(ev.EVAL_DEFAULTS["ceiling_penalties"])
+  assert ceiling["penalty"] == min(common.EVAL_DEFAULTS["ceiling_penalties"])
 
   summary = result["summary"]
   assert summary["train_requirements_own_srcc"] == pytest.approx(1.0)
@@ -130,10 +132,10 @@ def test_prompt_controls_and_ceiling_on_a_known_model(fake_data_dir, levels_by_i
 
 def test_own_prompt_is_the_interval_prompt(fake_data_dir, levels_by_image):
   config = _multi_config(fake_data_dir, eval=["fake_multi:sharp"], prompt_size=4)
-  result = ev.evaluate(OracleModel(levels_by_image), config, split="test")
+  result = evaluators.evaluate(OracleModel(levels_by_image), config, split="test")
   train = _truth(fake_data_dir, "fake_multi:sharp", "train")
   indices = np.asarray(result["prompts"]["fake_multi:sharp"]["indices"])
-  np.testing.assert_array_equal(indices, ev.prompts_lib.select_prompt(train, 4, "interval"))
+  np.testing.assert_array_equal(indices, prompts_lib.select_prompt(train, 4, "interval"))
   np.testing.assert_array_equal(result["prompts"]["fake_multi:sharp"]["scores"], train[indices])
 
 
@@ -141,7 +143,7 @@ def test_prompt_features_once_without_the_ceiling(fake_data_dir, levels_by_image
   model = OracleModel(levels_by_image)
   settings = ml_collections.ConfigDict({"evaluators": ["per_dataset", "prompt_controls"],
                                         "controls_on": "all"})
-  result = ev.evaluate(model, _multi_config(fake_data_dir), settings, split="test")
+  result = evaluators.evaluate(model, _multi_config(fake_data_dir), settings, split="test")
   assert list(result["flipped_prompt"]) == MULTI and "supervised_ceiling" not in result
   assert list(result["heldout"]) == ["fake_multi:combo"]
   prompt_records = set()
@@ -152,8 +154,8 @@ def test_prompt_features_once_without_the_ceiling(fake_data_dir, levels_by_image
 
 
 def test_files_table_and_plots(fake_data_dir, levels_by_image, tmp_path):
-  result = ev.evaluate(OracleModel(levels_by_image), _multi_config(fake_data_dir), split="test",
-                       step=12, out_dir=tmp_path)
+  result = evaluators.evaluate(OracleModel(levels_by_image), _multi_config(fake_data_dir),
+                               split="test", step=12, out_dir=tmp_path)
   with open(tmp_path / "eval" / "step_12.json") as f:
     written = json.load(f)  # strict JSON: NaN became null
   assert written["step"] == 12
@@ -166,40 +168,41 @@ def test_files_table_and_plots(fake_data_dir, levels_by_image, tmp_path):
                    "fake_multi_sharp_step_12.png"]
   assert (tmp_path / "eval" / "plots" / plots[0]).read_bytes()[:4] == b"\x89PNG"
 
-  path = ev.write_results(result, tmp_path, "final")
+  path = report.write_results(result, tmp_path, "final")
   assert path == str(tmp_path / "eval" / "final.json")
 
-  table = ev.format_table(result)
+  table = report.format_table(result)
   assert "fake_multi:combo" in table and "step 12" in table and "nan" in table
   assert "heldout_own_minus_mismatched_srcc" in table
   assert "Pearson without logistic fitting" in table
 
 
 def test_evaluator_choice_and_errors(fake_data_dir):
-  auto = ev.eval_settings(None)
-  assert ev.evaluator_names(auto, ["fake_iqa_a"]) == ["per_dataset"]
-  assert ev.evaluator_names(auto, MULTI) == ["per_dataset", "prompt_controls",
-                                             "supervised_ceiling"]
-  chosen = ev.eval_settings(ml_collections.ConfigDict({"evaluators": "per_dataset, "
-                                                                     "supervised_ceiling"}))
-  assert ev.evaluator_names(chosen, MULTI) == ["per_dataset", "supervised_ceiling"]
+  auto = common.eval_settings(None)
+  assert evaluators.evaluator_names(auto, ["fake_iqa_a"]) == ["per_dataset"]
+  assert evaluators.evaluator_names(auto, MULTI) == ["per_dataset", "prompt_controls",
+                                                     "supervised_ceiling"]
+  chosen = common.eval_settings(ml_collections.ConfigDict({"evaluators": "per_dataset, "
+                                                                         "supervised_ceiling"}))
+  assert evaluators.evaluator_names(chosen, MULTI) == ["per_dataset", "supervised_ceiling"]
   with pytest.raises(ValueError, match="unknown or none.*'nope'"):
-    ev.evaluator_names(ev.eval_settings(ml_collections.ConfigDict({"evaluators": ["nope"]})), [])
+    evaluators.evaluator_names(
+        common.eval_settings(ml_collections.ConfigDict({"evaluators": ["nope"]})), [])
   with pytest.raises(ValueError, match="Unknown config.eval field.*'folds'"):
-    ev.eval_settings(ml_collections.ConfigDict({"folds": 3}))
+    common.eval_settings(ml_collections.ConfigDict({"folds": 3}))
   with pytest.raises(ValueError, match="controls_on"):
-    ev.eval_settings(ml_collections.ConfigDict({"controls_on": "some"}))
+    common.eval_settings(ml_collections.ConfigDict({"controls_on": "some"}))
 
   class Sized:
     config = ml_collections.ConfigDict({"image_size": 224})
 
   with pytest.raises(ValueError, match="image_size is 12 but the model takes 224"):
-    ev.evaluate(Sized(), _multi_config(fake_data_dir), split="test")
+    evaluators.evaluate(Sized(), _multi_config(fake_data_dir), split="test")
   with pytest.raises(ValueError, match="'fake_multi:random' draws a random requirement"):
-    ev.evaluate(OracleModel({}), data_config(fake_data_dir, eval=["fake_multi:random"]))
+    evaluators.evaluate(OracleModel({}), data_config(fake_data_dir, eval=["fake_multi:random"]))
   with pytest.raises(ValueError, match="Prompt for dataset 'fake_iqa_small'.*5 pairs from 3"):
-    ev.evaluate(OracleModel({}), data_config(fake_data_dir, eval=["fake_iqa_small"]),
-                split="test")
+    evaluators.evaluate(OracleModel({}), data_config(fake_data_dir, eval=["fake_iqa_small"]),
+                        split="test")
 
 
 def test_ridge_recovers_a_linear_map():
@@ -207,15 +210,15 @@ def test_ridge_recovers_a_linear_map():
   x = rng.normal(size=(200, 5)) * [1, 10, 0.1, 1, 1] + 3
   x[:, 4] = 2.0  # a constant feature is harmless
   y = x[:, :4] @ [0.5, -0.02, 3.0, 0.0] + 1.0
-  penalty, errors = ev.ridge_cv(x, y, [1e-8, 1e-2, 10.0], folds=5)
+  penalty, errors = ridge.ridge_cv(x, y, [1e-8, 1e-2, 10.0], folds=5)
   assert penalty == 1e-8 and errors[0] < 1e-10 and np.all(np.diff(errors) > 0)
-  ridge = ev.fit_ridge(x, y, penalty)
-  np.testing.assert_allclose(ridge.predict(x[:5]), y[:5], atol=1e-5)
+  fitted = ridge.fit_ridge(x, y, penalty)
+  np.testing.assert_allclose(fitted.predict(x[:5]), y[:5], atol=1e-5)
   # Pure noise: the strongest penalty (predict the mean) generalises best.
-  penalty, _ = ev.ridge_cv(x, rng.normal(size=200), [1e-8, 1e-2, 10.0], folds=5)
+  penalty, _ = ridge.ridge_cv(x, rng.normal(size=200), [1e-8, 1e-2, 10.0], folds=5)
   assert penalty == 10.0
   with pytest.raises(ValueError, match="8 training records are too few for 5-fold"):
-    ev.ridge_cv(x[:8], y[:8], [1.0], folds=5)
+    ridge.ridge_cv(x[:8], y[:8], [1.0], folds=5)
 
 
 # ModelConfig.tiny shrunk further so that its three functions compile in seconds: one ViT block,
@@ -249,8 +252,8 @@ def _small_config(data_dir, **overrides):
 
 def test_a_real_model_end_to_end(fake_data_dir, small_model, tmp_path):
   names = ["fake_iqa_a", "fake_multi:sharp", "fake_multi:combo"]
-  result = ev.evaluate(small_model, _small_config(fake_data_dir, eval=names), split="test",
-                       out_dir=tmp_path)
+  result = evaluators.evaluate(small_model, _small_config(fake_data_dir, eval=names),
+                               split="test", out_dir=tmp_path)
   assert list(result["datasets"]) == names
   assert [result["datasets"][n]["n"] for n in names] == [7, 6, 6]
   assert list(result["mismatched_prompt"]) == ["fake_multi:combo"]  # other datasets' prompts too
@@ -268,11 +271,11 @@ def test_the_program_function(fake_data_dir, small_model, tmp_path, monkeypatch,
   monkeypatch.setattr(PromptIQA, "from_checkpoint",
                       classmethod(lambda cls, path, **kw: loaded.append(path) or small_model))
   config = ml_collections.ConfigDict({"data": _small_config(fake_data_dir, eval=MULTI)})
-  result = ev.run(config, tmp_path, split="test", plots=False)
+  result = evaluators.evaluate_checkpoint(config, tmp_path, split="test", plots=False)
   assert loaded == [tmp_path]  # the workdir, with no checkpoint given
   assert "fake_multi:combo" in capsys.readouterr().out
   with open(tmp_path / "eval" / "final.json") as f:
-    assert json.load(f)["summary"] == ev._jsonable(result["summary"])
+    assert json.load(f)["summary"] == report.jsonable(result["summary"])
   assert not (tmp_path / "eval" / "plots").exists()
 
 

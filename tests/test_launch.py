@@ -1,11 +1,13 @@
-"""The training program as users run it: `python -m promptiqa_jax.train` and launch/'s launchers.
+"""The programs as users run them: `python -m promptiqa_jax.train` (and `.evaluate`) and launch/'s
+launchers.
 
 The runs train `configs/synthetic.py:smoke` on a tiny synthetic_iqa build (tests/smoke_config.py)
 for STEPS steps. One uninterrupted single-process run is the reference for: two processes through
 launch/local.sh (the same global batch: the losses must agree to float32 rounding), a run killed
-with SIGKILL and restarted, and a run stopped with SIGTERM and restarted (both must end bitwise
-equal to the reference, with one metrics record per step). The subprocesses share a persistent
-compilation cache, so only the first run of each device layout pays for compiling.
+with SIGKILL and restarted, a run stopped with SIGTERM and restarted (both must end bitwise equal
+to the reference, with one metrics record per step), and the evaluation program in two processes
+(the reference's own final evaluation). The subprocesses share a persistent compilation cache, so
+only the first run of each device layout pays for compiling.
 
 The shell logic of the launchers is tested with stand-ins for python, gcloud and srun.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -199,6 +202,55 @@ def test_sigterm_saves_a_checkpoint_to_resume_from(reference, smoke_data_dir, ru
   ref, got = final_variables(reference), final_variables(workdir)
   for key in ref:
     np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def flat_json(tree, path: str = "") -> dict:
+  """A JSON tree as {path: leaf}."""
+  if isinstance(tree, (dict, list)):
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    return {k: v for key, sub in items for k, v in flat_json(sub, f"{path}/{key}").items()}
+  return {path: tree}
+
+
+@pytest.mark.slow
+def test_evaluation_program_in_two_processes(reference, smoke_data_dir, run_env, tmp_path):
+  """`python -m promptiqa_jax.evaluate` as two processes joined as training's are, each
+  featurising half of every split: the result is the reference run's own final evaluation."""
+  port = free_port()
+  logs = [str(tmp_path / f"process_{i}.log") for i in range(2)]
+  processes = [start([sys.executable, "-m", "promptiqa_jax.evaluate",
+                      f"--config=tests/smoke_config.py:{smoke_data_dir}", f"--workdir={tmp_path}",
+                      f"--checkpoint={os.path.join(reference, 'model')}", "--split=test",
+                      f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                      f"--process_id={i}"], run_env, log) for i, log in enumerate(logs)]
+  try:
+    for process, log in zip(processes, logs):
+      finish(process, log)
+  finally:
+    for process in processes:  # the other waits for a failed one forever
+      if process.poll() is None:
+        process.kill()
+  with open(logs[1]) as f:
+    assert "process 1 of 2" in f.read()
+  with open(os.path.join(reference, "eval", "final.json")) as f:
+    final = json.load(f)
+  with open(tmp_path / "eval" / "final.json") as f:
+    evaluated = json.load(f)
+  assert final.pop("step") == STEPS and evaluated.pop("step") is None
+  final, evaluated = flat_json(final), flat_json(evaluated)
+  assert evaluated.keys() == final.keys()
+  numbers = [k for k, v in final.items() if isinstance(v, float)]
+  assert numbers and {k: v for k, v in evaluated.items() if k not in numbers} == {
+      k: v for k, v in final.items() if k not in numbers}
+  # Each image's features do not depend on the batch it was computed in, up to float rounding.
+  assert [evaluated[k] for k in numbers] == pytest.approx([final[k] for k in numbers], rel=1e-6,
+                                                          abs=1e-9)
 
 
 # The launchers' shell logic, with stand-ins for the programs they start.

@@ -1,0 +1,177 @@
+"""The report of an evaluation: its summary, the JSON file, the scatter plots and the text table.
+
+Files (written by process 0): WORKDIR/eval/<name>.json (NaN written as null) and
+WORKDIR/eval/plots/<dataset>_<name>.png.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from promptiqa_jax.data import datasets as dataset_registry
+from promptiqa_jax.evaluators.common import EvalContext, is_heldout
+
+# Where the files go under the workdir.
+EVAL_DIR = "eval"
+PLOTS_DIR = "plots"
+METRIC_NOTES = {
+    "plcc": "Pearson correlation of the raw predictions, no logistic fit",
+    "rmse": "in normalised score units ([0, 1])",
+    "krcc": "Kendall tau-b",
+}
+
+
+def _mean_srcc(section: dict[str, Any], names: Sequence[str]) -> float | None:
+  values = [section[n]["srcc"] for n in names if n in section]
+  finite = [v for v in values if v is not None and math.isfinite(v)]
+  return float(np.mean(finite)) if finite else None
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+  """Means of SRCC over datasets (NaN left out; None when there is none), each named by what it
+  averages:
+
+    all_datasets_own_srcc               every eval dataset, own prompt
+    train_requirements_own_srcc         datasets naming a requirement that is not held out
+    heldout_own_srcc                    the held-out requirements, own prompt
+    heldout_mismatched_srcc             the held-out requirements, mismatched prompts
+    heldout_own_minus_mismatched_srcc   mean over held-out requirements of (own - mismatched)
+    heldout_flipped_srcc                flipped prompts, against the flipped ground truth
+    heldout_constant_srcc               prompts of constant score 0.5
+    heldout_ceiling_srcc                the supervised ceiling
+  """
+  datasets = result.get("datasets", {})
+  heldout = [n for n in datasets if is_heldout(n)]
+  train = [n for n in datasets
+           if dataset_registry.requirement_of(n) is not None and n not in heldout]
+  mismatched = result.get("mismatched_prompt", {})
+  gaps = [datasets[n]["srcc"] - mismatched[n]["srcc"] for n in heldout if n in mismatched]
+  gaps = [g for g in gaps if math.isfinite(g)]
+  return {
+      "all_datasets_own_srcc": _mean_srcc(datasets, list(datasets)),
+      "train_requirements_own_srcc": _mean_srcc(datasets, train),
+      "heldout_own_srcc": _mean_srcc(datasets, heldout),
+      "heldout_mismatched_srcc": _mean_srcc(mismatched, heldout),
+      "heldout_own_minus_mismatched_srcc": float(np.mean(gaps)) if gaps else None,
+      "heldout_flipped_srcc": _mean_srcc(result.get("flipped_prompt", {}), heldout),
+      "heldout_constant_srcc": _mean_srcc(result.get("constant_prompt", {}), heldout),
+      "heldout_ceiling_srcc": _mean_srcc(result.get("supervised_ceiling", {}), heldout),
+  }
+
+
+def jsonable(value: Any) -> Any:
+  """NaN and inf -> None (JSON has no NaN), numpy arrays and scalars -> Python lists and numbers."""
+  if isinstance(value, dict):
+    return {str(k): jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [jsonable(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return jsonable(value.tolist())
+  if isinstance(value, np.integer):
+    return int(value)
+  if isinstance(value, (float, np.floating)):
+    return float(value) if math.isfinite(value) else None
+  return value
+
+
+def write_results(result: dict[str, Any], out_dir: str | os.PathLike, name: str) -> str:
+  """Writes `result` to out_dir/eval/<name>.json (atomically; NaN as null); returns the path."""
+  folder = os.path.join(os.fspath(out_dir), EVAL_DIR)
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, f"{name}.json")
+  # Readers (a dashboard, a sweep script) may poll the file while training writes the next one.
+  temporary = path + ".tmp"
+  with open(temporary, "w") as f:
+    json.dump(jsonable(result), f, indent=2, allow_nan=False)
+  os.replace(temporary, path)
+  return path
+
+
+def _file_safe(text: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def scatter_plot(pred: np.ndarray, target: np.ndarray, title: str,
+                 path: str | os.PathLike) -> None:
+  """A PNG of predictions `[N]` against ground truth `[N]` (no pyplot: safe without a display)."""
+  # Optional and heavy: matplotlib loads only when plots are written.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  figure = Figure(figsize=(4, 4), dpi=100)
+  FigureCanvasAgg(figure)
+  axes = figure.add_subplot()
+  axes.scatter(target, pred, s=6, alpha=0.6)
+  axes.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle="--")
+  axes.set_xlabel("ground truth (normalised)")
+  axes.set_ylabel("prediction")
+  axes.set_title(title, fontsize=8)
+  figure.tight_layout()
+  figure.savefig(os.fspath(path))
+
+
+def write_plots(ctx: EvalContext, result: dict[str, Any], out_dir: str | os.PathLike,
+                name: str) -> list[str]:
+  """A scatter plot per dataset with own-prompt predictions: out_dir/eval/plots/<dataset>_<name>.png
+  (the dataset name with characters other than letters, digits, "_", "-", "." as "_")."""
+  folder = os.path.join(os.fspath(out_dir), EVAL_DIR, PLOTS_DIR)
+  os.makedirs(folder, exist_ok=True)
+  paths = []
+  for dataset, pred in ctx.predictions.items():
+    stats = result.get("datasets", {}).get(dataset)
+    title = f"{dataset} ({ctx.split}, {name})"
+    if stats is not None:
+      title += f"\nSRCC {stats['srcc']:.3f}  PLCC {stats['plcc']:.3f}  n {stats['n']}"
+    path = os.path.join(folder, f"{_file_safe(dataset)}_{name}.png")
+    scatter_plot(pred, ctx.scores(dataset, ctx.split), title, path)
+    paths.append(path)
+  return paths
+
+
+_TABLE_SECTIONS = (
+    ("datasets", "own prompt"),
+    ("heldout", "held-out requirements, own prompt"),
+    ("flipped_prompt", "prompt scores flipped, against flipped truth"),
+    ("mismatched_prompt", "other datasets' prompts, mean"),
+    ("constant_prompt", "prompt scores all 0.5"),
+    ("supervised_ceiling", "ridge on the image features, own training labels"),
+)
+
+
+def _number(value: Any, signed: bool = True) -> str:
+  if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    return "nan"
+  return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """The result as a plain-text table: one block per section, then the summary."""
+  step = result.get("step")
+  lines = [f"Evaluation on split {result.get('split')!r}"
+           + (f" at step {step}" if step is not None else "")
+           + "; PLCC is Pearson without logistic fitting"]
+  width = max([len(n) for key, _ in _TABLE_SECTIONS for n in result.get(key, {})] + [10])
+  for key, description in _TABLE_SECTIONS:
+    section = result.get(key)
+    if not section:
+      continue
+    lines.append("")
+    lines.append(f"{key} ({description})")
+    lines.append(f"  {'dataset':<{width}}  {'SRCC':>7} {'PLCC':>7} {'KRCC':>7} {'RMSE':>7} "
+                 f"{'n':>6}")
+    for name, row in section.items():
+      lines.append(f"  {name:<{width}}  {_number(row['srcc']):>7} {_number(row['plcc']):>7} "
+                   f"{_number(row['krcc']):>7} {_number(row['rmse'], False):>7} {row['n']:>6}"
+                   + (f"  ({row['note']})" if "note" in row else ""))
+  summary = {k: v for k, v in result.get("summary", {}).items() if v is not None}
+  if summary:
+    lines.append("")
+    lines.append("summary (mean SRCC)")
+    width = max(len(k) for k in summary)
+    lines += [f"  {k:<{width}}  {_number(v):>7}" for k, v in summary.items()]
+  return "\n".join(lines)
