@@ -308,3 +308,40 @@ def test_the_program(fake_data_dir, small_model, tmp_path):
     result = json.load(f)
   assert result["prompt"]["size"] == 4 and result["step"] is None
   assert "supervised_ceiling" in result and not (workdir / "eval" / "plots").exists()
+
+
+def test_summary_splits_heldout_requirements_by_family():
+  from promptiqa_jax.data import datasets
+  from promptiqa_jax.evaluators import summary
+
+  table = datasets.requirement_table("synthetic_iqa")
+  names = table.config_names()
+  groups = summary.groups(names)
+  assert groups["heldout_in_family"] == [
+      f"synthetic_iqa:{r.name}" for r in table.heldout() if not r.out_of_family]
+  assert groups["heldout_out_of_family"] == [
+      f"synthetic_iqa:{r.name}" for r in table.heldout() if r.out_of_family]
+  assert len(groups["heldout_out_of_family"]) >= 3 and groups["heldout_in_family"]
+  assert groups["train_requirements"] == table.config_names(table.train())
+
+  def section(value):
+    return {n: {"srcc": value(i)} for i, n in enumerate(names)}
+
+  result = {"datasets": section(lambda i: 0.01 * i),
+            "mismatched_prompt": section(lambda i: -0.01 * i),
+            "flipped_prompt": section(lambda i: 0.5),
+            "constant_prompt": section(lambda i: float("nan")),
+            "supervised_ceiling": section(lambda i: 0.9)}
+  result["mismatched_prompt"].pop(names[-1])
+  out = summary.summarize(result)
+  for group in ("heldout", "heldout_in_family", "heldout_out_of_family"):
+    index = [names.index(n) for n in groups[group]]
+    with_mismatched = [i for i in index if i != len(names) - 1]
+    assert out[f"{group}_own_srcc"] == pytest.approx(0.01 * np.mean(index))
+    assert out[f"{group}_mismatched_srcc"] == pytest.approx(-0.01 * np.mean(with_mismatched))
+    assert out[f"{group}_own_minus_mismatched_srcc"] == pytest.approx(
+        0.02 * np.mean(with_mismatched))
+    assert out[f"{group}_flipped_srcc"] == 0.5 and out[f"{group}_ceiling_srcc"] == 0.9
+    assert out[f"{group}_constant_srcc"] is None
+  assert out["train_requirements_own_srcc"] == pytest.approx(
+      0.01 * np.mean([names.index(n) for n in groups["train_requirements"]]))

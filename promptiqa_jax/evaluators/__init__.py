@@ -14,7 +14,7 @@ Evaluators, chosen by `config.eval.evaluators`, one module each, add named secti
                        (prompt_controls.py)
   supervised_ceiling   ridge regression on the same model's image features (supervised_ceiling.py)
 
-and the result gets a "summary" of means (`report.summarize`). common.py holds what they share
+and the result gets a "summary" of means (`summary.summarize`). common.py holds what they share
 (settings, the feature cache, the context); report.py the files and the table. A new evaluator is
 a module with an `Evaluator` subclass, added to EVALUATORS.
 
@@ -39,7 +39,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from promptiqa_jax.evaluators import report
+from promptiqa_jax.evaluators import report, summary
 from promptiqa_jax.evaluators.common import (EvalContext, Evaluator, FeatureModel, eval_settings,
                                              is_heldout)
 from promptiqa_jax.evaluators.per_dataset import PerDataset
@@ -98,7 +98,7 @@ def evaluate(model: FeatureModel, data_config: Any, eval_config: Any | None = No
       "evaluators": [e.name for e in chosen], "metric_notes": dict(report.METRIC_NOTES)}
   for evaluator in chosen:
     result.update(evaluator.run(ctx))
-  result["summary"] = report.summarize(result)
+  result["summary"] = summary.summarize(result)
   result["prompts"] = {n: {"indices": p.indices, "scores": p.scores}
                        for n, p in ctx.prompts.items()}
   logging.info("Evaluated %d datasets on %s in %.1f s", len(ctx.names), split, time.time() - start)

@@ -1,4 +1,4 @@
-"""The report of an evaluation: its summary, the JSON file, the scatter plots and the text table.
+"""The report of an evaluation: the JSON file, the scatter plots and the text table.
 
 Files (written by process 0): WORKDIR/eval/<name>.json (NaN written as null) and
 WORKDIR/eval/plots/<dataset>_<name>.png.
@@ -13,8 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from promptiqa_jax.data import datasets as dataset_registry
-from promptiqa_jax.evaluators.common import EvalContext, is_heldout
+from promptiqa_jax.evaluators.common import EvalContext
 
 # Where the files go under the workdir.
 EVAL_DIR = "eval"
@@ -24,44 +23,6 @@ METRIC_NOTES = {
     "rmse": "in normalised score units ([0, 1])",
     "krcc": "Kendall tau-b",
 }
-
-
-def _mean_srcc(section: dict[str, Any], names: Sequence[str]) -> float | None:
-  values = [section[n]["srcc"] for n in names if n in section]
-  finite = [v for v in values if v is not None and math.isfinite(v)]
-  return float(np.mean(finite)) if finite else None
-
-
-def summarize(result: dict[str, Any]) -> dict[str, Any]:
-  """Means of SRCC over datasets (NaN left out; None when there is none), each named by what it
-  averages:
-
-    all_datasets_own_srcc               every eval dataset, own prompt
-    train_requirements_own_srcc         datasets naming a requirement that is not held out
-    heldout_own_srcc                    the held-out requirements, own prompt
-    heldout_mismatched_srcc             the held-out requirements, mismatched prompts
-    heldout_own_minus_mismatched_srcc   mean over held-out requirements of (own - mismatched)
-    heldout_flipped_srcc                flipped prompts, against the flipped ground truth
-    heldout_constant_srcc               prompts of constant score 0.5
-    heldout_ceiling_srcc                the supervised ceiling
-  """
-  datasets = result.get("datasets", {})
-  heldout = [n for n in datasets if is_heldout(n)]
-  train = [n for n in datasets
-           if dataset_registry.requirement_of(n) is not None and n not in heldout]
-  mismatched = result.get("mismatched_prompt", {})
-  gaps = [datasets[n]["srcc"] - mismatched[n]["srcc"] for n in heldout if n in mismatched]
-  gaps = [g for g in gaps if math.isfinite(g)]
-  return {
-      "all_datasets_own_srcc": _mean_srcc(datasets, list(datasets)),
-      "train_requirements_own_srcc": _mean_srcc(datasets, train),
-      "heldout_own_srcc": _mean_srcc(datasets, heldout),
-      "heldout_mismatched_srcc": _mean_srcc(mismatched, heldout),
-      "heldout_own_minus_mismatched_srcc": float(np.mean(gaps)) if gaps else None,
-      "heldout_flipped_srcc": _mean_srcc(result.get("flipped_prompt", {}), heldout),
-      "heldout_constant_srcc": _mean_srcc(result.get("constant_prompt", {}), heldout),
-      "heldout_ceiling_srcc": _mean_srcc(result.get("supervised_ceiling", {}), heldout),
-  }
 
 
 def jsonable(value: Any) -> Any:
