@@ -9,6 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from promptiqa_jax.data import datasets
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(REPO, "notebooks")
 SCORE_WITH_PROMPTS = os.path.join(NOTEBOOKS, "score_with_prompts.ipynb")
@@ -66,5 +68,6 @@ def test_train_synthetic_runs_in_smoke_mode(kernel_compile_cache, monkeypatch, t
   assert "trained steps: 3" in text
   assert "supervised_ceiling" in text and "synthetic_iqa" in text
   figures = [output for output in outputs if "image/png" in output.get("data", {})]
-  # One figure of curves, then one scatter plot per evaluated requirement (9).
-  assert len(figures) == 1 + 9
+  # One figure of curves, then one scatter plot per evaluated requirement.
+  requirements = datasets.requirement_table("synthetic_iqa").requirements
+  assert len(figures) == 1 + len(requirements)
