@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import importlib.util
 import os
 from typing import Any
 
@@ -31,18 +30,8 @@ import jax
 from promptiqa_jax.bench import jax_side, report, timing, torch_side
 from promptiqa_jax.bench.flops import model_flops
 from promptiqa_jax.bench.plan import WHATS, Options
+from promptiqa_jax.config_files import load_config
 from promptiqa_jax.models.config import ModelConfig
-
-
-def load_config(spec: str) -> Any:
-  """`path/to/config.py[:arg]` -> the ConfigDict of its `get_config(arg)`."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"--config {path}: no such config file")
-  module_spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def options_from_args(args: argparse.Namespace, config: Any) -> Options:
