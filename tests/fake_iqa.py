@@ -8,6 +8,7 @@ RequirementTable as `REQUIREMENTS`, as a multi-requirement builder does (prompti
 """
 from __future__ import annotations
 
+import collections
 import io
 from typing import Any
 
@@ -146,7 +147,7 @@ def data_config(data_dir: str, **overrides: Any) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(
       data_dir=data_dir, train=["fake_iqa_a", "fake_iqa_b"], train_split="train",
       eval=["fake_iqa_a", "fake_iqa_b"], eval_split="test", weights=None, group_size=4,
-      groups_per_batch=2, image_size=12, scale_rate=0.5, flip_rate=0.1, hflip=True, seed=0,
+      groups_per_batch=2, image_size=12, scale_rate=0.5, flip_rate=0.1, flip="vertical", seed=0,
       num_workers=0, read_threads=1, prompt_size=5, prompt_sampling="interval", eval_batch_size=3))
   config.update(overrides)
   return config
@@ -159,3 +160,44 @@ def fake_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
   build_all(path)
   register_all()
   return path
+
+
+class OracleModel:
+  """A FeatureModel with known behaviour, counting the images it featurises: its image features
+  are fake_multi's records' levels, and it reads a prompt as the least-squares affine map from
+  features to the prompt's scores (fake_multi's requirements are affine in the levels)."""
+
+  def __init__(self, levels_by_image: dict[bytes, np.ndarray]):
+    self._levels = levels_by_image
+    self.featurised: collections.Counter = collections.Counter()
+
+  def image_features(self, images):
+    keys = [np.asarray(image, np.float32).tobytes() for image in images]
+    # Evaluation batches are padded with blank images; only record images are counted.
+    self.featurised.update(k for k in keys if k in self._levels)
+    return np.stack([self._levels.get(k, np.zeros(2)) for k in keys]).astype(np.float32)
+
+  def encode_prompt_features(self, features, scores):
+    design = np.c_[features, np.ones(len(features))]
+    return np.linalg.lstsq(design, np.asarray(scores, np.float64), rcond=None)[0]
+
+  def score_features(self, features, prompt):
+    # Rounded so that equal truths (levels are integers) give equal predictions, not a tie broken
+    # by float error.
+    return np.round(np.c_[features, np.ones(len(features))] @ prompt, 5)
+
+
+@pytest.fixture(scope="module")
+def levels_by_image(fake_data_dir):
+  """fake_multi's records' levels [T] by their preprocessed image's bytes (train and test)."""
+  from promptiqa_jax.data import sources
+
+  size = data_config(fake_data_dir).image_size
+  table = {}
+  for split in ("train", "test"):
+    source = sources.open_dataset("fake_multi", split, fake_data_dir)
+    for index, record in enumerate(source.read(range(len(source)))):
+      image = sources.load_image(source, record, index, size)
+      table[image.tobytes()] = np.asarray(record["levels"], np.float32)
+  assert len(table) == 26  # every image distinct
+  return table

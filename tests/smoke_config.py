@@ -1,6 +1,7 @@
 """`configs/synthetic.py:smoke` on a tiny synthetic_iqa build, for tests that run training.
 
   python -m promptiqa_jax.train --config tests/smoke_config.py:DATA_DIR --workdir WORKDIR
+  python -m promptiqa_jax.train --config tests/smoke_config.py:DATA_DIR,no_scaling --workdir ...
 
 The recipe names the default build ("synthetic_iqa:psnr"); here the names point at the build that
 `build(DATA_DIR)` makes (6 contents, 5 records each, 16 px) in seconds. Command-line overrides
@@ -30,12 +31,16 @@ def recipe(name: str):
   return module
 
 
-def get_config(data_dir: str):
+def get_config(arg: str):
+  """arg: "DATA_DIR" or "DATA_DIR,ABLATION" (one of configs/synthetic.py's ABLATIONS)."""
   from promptiqa_jax.data.datasets.synthetic_iqa import builder
 
-  config = recipe("synthetic").get_config("smoke")
+  data_dir, _, ablation = arg.partition(",")
+  config = recipe("synthetic").get_config(",".join(["smoke"] + ([ablation] if ablation else [])))
   named = "synthetic_iqa/" + builder.make_config(**BUILD).name
   config.data.data_dir = data_dir
   config.data.train = [n.replace("synthetic_iqa", named, 1) for n in config.data.train]
   config.data.eval = [n.replace("synthetic_iqa", named, 1) for n in config.data.eval]
   return config
+
+ABLATIONS = recipe("synthetic").ABLATIONS

@@ -1,12 +1,10 @@
 """Evaluation: results, files, the feature cache, prompt controls and the ceiling, on fake datasets.
 
-Most tests use OracleModel: its image features are the record's distortion levels and it reads a
-prompt as the least-squares affine map from features to the prompt's scores. fake_multi's
-requirements are affine in the levels, so every outcome is known: its own prompt (or a flipped
-one) reproduces a requirement exactly, another requirement's prompt reproduces that other
-requirement, and a constant prompt predicts a constant.
+Most tests use fake_iqa.OracleModel (its features are the records' distortion levels, and fake_multi's
+requirements are affine in them), so every outcome is known: its own prompt (or a flipped one)
+reproduces a requirement exactly, another requirement's prompt reproduces that other requirement,
+and a constant prompt predicts a constant.
 """
-import collections
 import json
 import math
 import os
@@ -20,7 +18,7 @@ import numpy as np
 import pytest
 
 import fake_iqa
-from fake_iqa import data_config
+from fake_iqa import OracleModel, data_config
 from promptiqa_jax import evaluators
 from promptiqa_jax import metrics
 from promptiqa_jax.data import prompts as prompts_lib
@@ -28,45 +26,9 @@ from promptiqa_jax.data import sources
 from promptiqa_jax.evaluators import common, report, ridge
 
 fake_data_dir = fake_iqa.fake_data_dir  # the session-wide fake build
+levels_by_image = fake_iqa.levels_by_image
 
 MULTI = ["fake_multi:sharp", "fake_multi:bright", "fake_multi:combo"]  # combo is held out
-SIZE = 12  # data_config's image_size
-
-
-class OracleModel:
-  """FeatureModel with known behaviour (see the module docstring); counts featurised images."""
-
-  def __init__(self, levels_by_image: dict[bytes, np.ndarray]):
-    self._levels = levels_by_image
-    self.featurised: collections.Counter = collections.Counter()
-
-  def image_features(self, images):
-    keys = [np.asarray(image, np.float32).tobytes() for image in images]
-    # Evaluation batches are padded with blank images; only record images are counted.
-    self.featurised.update(k for k in keys if k in self._levels)
-    return np.stack([self._levels.get(k, np.zeros(2)) for k in keys]).astype(np.float32)
-
-  def encode_prompt_features(self, features, scores):
-    design = np.c_[features, np.ones(len(features))]
-    return np.linalg.lstsq(design, np.asarray(scores, np.float64), rcond=None)[0]
-
-  def score_features(self, features, prompt):
-    # Rounded so that equal truths (levels are integers) give equal predictions, not a tie broken
-    # by float error.
-    return np.round(np.c_[features, np.ones(len(features))] @ prompt, 5)
-
-
-@pytest.fixture(scope="module")
-def levels_by_image(fake_data_dir):
-  """fake_multi's records' levels [T] by their preprocessed image's bytes (train and test)."""
-  table = {}
-  for split in ("train", "test"):
-    source = sources.open_dataset("fake_multi", split, fake_data_dir)
-    for index, record in enumerate(source.read(range(len(source)))):
-      image = sources.load_image(source, record, index, SIZE)
-      table[image.tobytes()] = np.asarray(record["levels"], np.float32)
-  assert len(table) == 26  # every image distinct
-  return table
 
 
 def _truth(data_dir, name, split="test"):
