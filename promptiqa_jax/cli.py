@@ -1,4 +1,4 @@
-"""The `promptiqa-jax` console script: score, convert, prepare, datasets, bench.
+"""The `promptiqa-jax` console script: score, export, convert, prepare, datasets, bench.
 
 Each subcommand parses its arguments and calls an importable function; the logic lives there.
 """
@@ -14,58 +14,15 @@ EXIT_USAGE = 2
 
 
 def _score(args: argparse.Namespace) -> int:
-  import numpy as np
-  from tqdm import tqdm
+  from promptiqa_jax import score_command
 
-  from promptiqa_jax import score_io
-  from promptiqa_jax.data import preprocess
-  from promptiqa_jax.inference import PromptIQA
+  return score_command.score(args)
 
-  # Everything about the prompt is checked before the model is loaded or anything computed.
-  try:
-    prompt_paths, prompt_scores = score_io.read_prompt_file(args.prompt)
-  except score_io.PromptFileError as err:
-    print(f"error: prompt: {err}", file=sys.stderr)
-    return EXIT_USAGE
-  prompt_images = []
-  for index, path in enumerate(prompt_paths):
-    try:
-      prompt_images.append(preprocess.load_image(path, args.max_pixels))
-    except preprocess.ImageError as err:
-      print(f"error: prompt: {args.prompt}: entry {index}: {err}", file=sys.stderr)
-      return EXIT_USAGE
-  paths = score_io.find_images(args.inputs)
-  if not paths:
-    print(f"error: no images found in {', '.join(args.inputs)}", file=sys.stderr)
-    return EXIT_USAGE
 
-  model = PromptIQA.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
-  size = model.config.image_size
-  prompt = model.encode_prompt(np.stack([preprocess.preprocess(i, size) for i in prompt_images]),
-                               prompt_scores)
-  rows: list[score_io.ScoreRow] = []
-  with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=args.quiet) as progress:
-    for start in range(0, len(paths), args.batch_size):
-      chunk = paths[start:start + args.batch_size]
-      inputs, slots = [], []
-      for path in chunk:
-        try:
-          inputs.append(preprocess.preprocess(preprocess.load_image(path, args.max_pixels), size))
-          slots.append(len(rows))
-          rows.append(score_io.ScoreRow(path))
-        except preprocess.ImageError as err:
-          rows.append(score_io.ScoreRow(path, error=str(err)))
-      if inputs:
-        for slot, value in zip(slots, model.score(np.stack(inputs), prompt)):
-          rows[slot] = score_io.ScoreRow(rows[slot].path, score=float(value))
-      progress.update(len(chunk))
-  score_io.write_rows(rows, args.output, sys.stdout)
-  failed = [row for row in rows if row.error]
-  for row in failed:
-    print(f"error: {row.error}", file=sys.stderr)
-  if failed:
-    print(f"{len(failed)} of {len(rows)} inputs failed; the others were scored", file=sys.stderr)
-  return EXIT_INPUT_FAILED if failed else 0
+def _export(args: argparse.Namespace) -> int:
+  from promptiqa_jax import score_command
+
+  return score_command.export(args)
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -128,20 +85,78 @@ def _positive_int(text: str) -> int:
   return value
 
 
+def _non_negative_int(text: str) -> int:
+  """argparse type: an integer of at least 0."""
+  error = argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+  try:
+    value = int(text)
+  except ValueError:
+    raise error from None
+  if value < 0:
+    raise error
+  return value
+
+
+def _model_options() -> argparse.ArgumentParser:
+  """Options shared by score and export: which model, computing how."""
+  options = argparse.ArgumentParser(add_help=False)
+  options.add_argument("--checkpoint", required=True,
+                       help="model directory (convert or training), or "
+                       "hub:OWNER/NAME[@REVISION][:FILENAME], e.g. hub:Zevin2023/PromptIQA (the "
+                       "release, downloaded and converted once, then cached)")
+  options.add_argument("--model-config", help="hub: JSON of the file's ModelConfig fields "
+                       "(default: the paper's)")
+  options.add_argument("--offline", action="store_true",
+                       help="hub: use the cached converted model without asking the Hub")
+  options.add_argument("--dtype", choices=["float32", "bfloat16"],
+                       help="compute dtype (default: the model's, float32)")
+  return options
+
+
+def _prompt_options() -> argparse.ArgumentParser:
+  """Options shared by score and export: the prompt."""
+  options = argparse.ArgumentParser(add_help=False)
+  options.add_argument("--prompt", required=True, help="JSON [[path, score], ...], CSV "
+                       "path,score, the release's example.json, or a saved prompt (.npz)")
+  options.add_argument("--example", metavar="ID",
+                       help="example.json: the example (Example_id) whose prompt to use")
+  options.add_argument("--score-range", metavar="LO,HI",
+                       help="the prompt's scores are on this scale (e.g. 1,5 or 0,100); scores "
+                       "are also written back on it (score_raw)")
+  options.add_argument("--max-pixels", type=_positive_int, default=16384 * 16384,
+                       help="refuse larger images (decompression bombs)")
+  return options
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="promptiqa-jax", description=__doc__)
   commands = parser.add_subparsers(dest="command", required=True)
 
-  score = commands.add_parser("score", help="score images with a prompt of image-score pairs")
-  score.add_argument("--checkpoint", required=True, help="model directory (convert or training)")
-  score.add_argument("--prompt", required=True, help="JSON [[path, score], ...] or CSV path,score")
-  score.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+  model_options, prompt_options = _model_options(), _prompt_options()
+  score = commands.add_parser("score", parents=[model_options, prompt_options],
+                              help="score images with a prompt of image-score pairs")
+  score.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER",
+                     help="images and folders (scored recursively); none with the release's "
+                     "example.json scores each example's own image")
   score.add_argument("--output", help="results file, .csv or .json (default: CSV on stdout)")
-  score.add_argument("--batch-size", type=_positive_int, default=16)
-  score.add_argument("--max-pixels", type=_positive_int, default=16384 * 16384,
-                     help="refuse larger images (decompression bombs)")
+  score.add_argument("--labels", help="CSV path,score of your own scores for the images (on the "
+                     "prompt's scale): prints SRCC, PLCC, KRCC and RMSE against them")
+  score.add_argument("--save-prompt", metavar="FILE.npz",
+                     help="save the encoded prompt (then --prompt FILE.npz skips encoding)")
+  score.add_argument("--batch-size", type=_positive_int, default=16,
+                     help="images per step, split over all local devices")
+  score.add_argument("--workers", type=_non_negative_int, default=None,
+                     help="image decoding threads (default: one per CPU, at most 8; 0: none)")
   score.add_argument("--quiet", action="store_true", help="no progress bar")
   score.set_defaults(run=_score)
+
+  export = commands.add_parser("export", parents=[model_options, prompt_options],
+                               help="write a jax.export scorer with the prompt baked in, for "
+                               "programs without this package")
+  export.add_argument("--out", required=True, help="output directory (new)")
+  export.add_argument("--platforms", help="comma-separated, e.g. cpu,cuda (default: this "
+                      "machine's backend)")
+  export.set_defaults(run=_export, batch_size=1)
 
   convert = commands.add_parser("convert", help="release checkpoint (.pth.tar) -> model directory")
   convert.add_argument("--torch", required=True, help="the release's best_model.pth.tar")
@@ -151,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   prepare = commands.add_parser("prepare", help="build a dataset's TFDS files")
   prepare.add_argument("name")
-  prepare.add_argument("--data-dir", help="where TFDS datasets live (default: $TFDS_DATA_DIR or "
+  prepare.add_argument("--data-dir", help="where TFDS datasets live, a folder or gs://BUCKET/PATH "
+                       "(built locally, then uploaded; default: $TFDS_DATA_DIR or "
                        "~/tensorflow_datasets, as TFDS)")
   prepare.add_argument("--manual-dir", help="the dataset as downloaded (real datasets)")
   prepare.add_argument("--image-size", type=int,
@@ -163,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
   prepare.set_defaults(run=_prepare)
 
   datasets = commands.add_parser("datasets", help="list datasets and whether they are prepared")
-  datasets.add_argument("--data-dir", help="where TFDS datasets live (default: $TFDS_DATA_DIR or "
-                        "~/tensorflow_datasets, as TFDS)")
+  datasets.add_argument("--data-dir", help="where TFDS datasets live, a folder or gs://BUCKET/PATH "
+                        "(default: $TFDS_DATA_DIR or ~/tensorflow_datasets, as TFDS)")
   datasets.set_defaults(run=_datasets)
 
   bench = commands.add_parser("bench", help="throughput: training step, scoring, prompt encoding, "
@@ -206,8 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return args.run(args)
-  except (FileNotFoundError, ValueError) as err:
+  except (FileNotFoundError, FileExistsError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
+    return EXIT_USAGE
+  except ModuleNotFoundError as err:
+    # The core install scores and converts; data, training and benchmarks need the [train] extra.
+    hint = "" if "pip install" in str(err) else (
+        " (data preparation, training and benchmarks need pip install 'promptiqa-jax[train]')")
+    print(f"error: {err}{hint}", file=sys.stderr)
     return EXIT_USAGE
 
 

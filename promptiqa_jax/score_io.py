@@ -1,8 +1,13 @@
-"""Files in and out of `promptiqa-jax score`: prompt files, image discovery, result tables.
+"""Files in and out of `promptiqa-jax score`: prompt files, labels, image discovery, result tables.
 
-Prompt files: JSON, a list of `[image path, score]` pairs (the release's examples), or CSV rows
-`path,score` (a header row is allowed). Relative image paths are looked up beside the prompt file
-first, then in the working directory.
+Prompt files:
+  - pairs: JSON, a list of `[image path, score]` pairs, or CSV rows `path,score` (a header row is
+    allowed);
+  - the release's `example.json`: a list of examples `{"Example_id", "ISPP": [[path, score], ...],
+    "Image": [path, score], "Remark"}`, each a prompt (its image-score pairs, ISPP) and a query
+    image with the release's score for it.
+Relative image paths are looked up beside the file first, then in the working directory (the
+release runs from its root, where `example.json` lives, so both find its `./Examples/...`).
 """
 from __future__ import annotations
 
@@ -14,69 +19,178 @@ import os
 from typing import Iterable, Sequence
 
 import numpy as np
+from etils import epath
+
+from promptiqa_jax.score_range import UNIT, ScoreRange
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm",
                     ".pgm", ".jfif")
+COLUMNS = ("path", "score", "error")
+_HEADER_NAMES = ("path", "image", "image_path", "name")
 
 
 class PromptFileError(ValueError):
-  """A prompt file that cannot be used; the message names the file and entry."""
+  """A prompt or labels file that cannot be used; the message names the file and entry."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoreRow:
-  """One output row: the input path and its score, or the error that stopped it."""
+  """One output row: the input path and its score, or the error that stopped it; `score_raw` on
+  the prompt's scale, the user's `label`, and for a release example its id, the release file's
+  score for the image and its remark."""
 
   path: str
   score: float | None = None
   error: str | None = None
+  score_raw: float | None = None
+  label: float | None = None
+  example_id: str | None = None
+  release_score: float | None = None
+  remark: str | None = None
 
 
-def read_prompt_file(path: str) -> tuple[list[str], np.ndarray]:
-  """Reads and validates a prompt file -> (image paths [P], scores float32 [P]).
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One example of the release's `example.json`: its prompt pairs (scores in [0, 1]), the query
+  image and the release's score for it; `error` says why its prompt cannot be used."""
 
-  Everything is checked before any compute: at least 2 pairs, finite scores in [0, 1], every
-  image file present.
+  example_id: str
+  prompt_paths: list[str]
+  prompt_scores: np.ndarray
+  image: str
+  release_score: float | None
+  remark: str
+  error: str | None = None
+
+
+def is_examples_file(path: str) -> bool:
+  """Whether `path` is a JSON list of objects (the release's example format)."""
+  if not path.lower().endswith(".json"):
+    return False
+  try:
+    data = _load_json(path, "prompt")
+  except PromptFileError:
+    return False  # Reading it as a pairs file reports the problem.
+  return isinstance(data, list) and bool(data) and all(isinstance(e, dict) for e in data)
+
+
+def read_prompt_file(path: str, score_range: ScoreRange = UNIT) -> tuple[list[str], np.ndarray]:
+  """Reads and validates a pairs prompt file -> (image paths [P], scores float32 [P] in [0, 1]).
+
+  Everything is checked before any compute: at least 2 pairs, finite scores in `score_range`,
+  every image file present.
   """
+  return _validate_pairs(path, _read_pairs(path, "prompt"), score_range, where=path)
+
+
+def read_examples(path: str, score_range: ScoreRange = UNIT) -> list[Example]:
+  """Reads the release's `example.json` -> its examples, in file order. A file of the wrong shape
+  is a PromptFileError; a problem with one example's prompt is that example's `error`."""
+  examples, seen = [], set()
+  for index, entry in enumerate(_load_json(path, "prompt")):
+    missing = [key for key in ("Example_id", "ISPP", "Image") if key not in entry]
+    if missing:
+      raise PromptFileError(f"{path}: example {index} has no {', '.join(missing)} (the release's "
+                            "examples are {\"Example_id\", \"ISPP\", \"Image\", \"Remark\"})")
+    example_id = str(entry["Example_id"])
+    if example_id in seen:
+      raise PromptFileError(f"{path}: Example_id {example_id!r} appears twice")
+    seen.add(example_id)
+    image = entry["Image"]
+    if not isinstance(image, (list, tuple)) or len(image) != 2:
+      raise PromptFileError(f"{path}: example {example_id}: Image is {image!r}, not [path, score]")
+    base = os.path.dirname(os.path.abspath(path))
+    release_score = _number(image[1])
+    try:
+      pairs = _parse_json(f"{path}: example {example_id}: ISPP", entry["ISPP"])
+      prompt_paths, prompt_scores = _validate_pairs(
+          path, pairs, score_range, where=f"{path}: example {example_id}: ISPP")
+      error = None
+    except PromptFileError as err:
+      prompt_paths, prompt_scores, error = [], np.zeros(0, np.float32), str(err)
+    examples.append(Example(example_id, prompt_paths, prompt_scores,
+                            _locate(str(image[0]), base), release_score,
+                            str(entry.get("Remark", "")), error))
+  return examples
+
+
+def read_labels(path: str) -> dict[str, float]:
+  """A labels file (CSV `path,score` or JSON pairs) -> {real path of the image: score}."""
+  base = os.path.dirname(os.path.abspath(path))
+  labels = {}
+  for index, (image, raw) in enumerate(_read_pairs(path, "labels")):
+    value = _number(raw)
+    if value is None:
+      raise PromptFileError(f"{path}: entry {index} ({image!r}): label {raw!r} is not a number")
+    labels[os.path.realpath(_locate(str(image), base))] = value
+  return labels
+
+
+def _read_text(path: str, kind: str) -> str:
   try:
     with open(path, encoding="utf-8") as f:
-      text = f.read()
+      return f.read()
   except OSError as err:
-    raise PromptFileError(f"{path}: cannot read prompt file ({err.strerror or err})") from err
-  pairs = _parse_json(path, text) if path.lower().endswith(".json") else _parse_csv(path, text)
+    raise PromptFileError(f"{path}: cannot read {kind} file ({err.strerror or err})") from err
+
+
+def _load_json(path: str, kind: str) -> object:
+  try:
+    return json.loads(_read_text(path, kind))
+  except json.JSONDecodeError as err:
+    raise PromptFileError(f"{path}: not valid JSON ({err})") from err
+
+
+def _read_pairs(path: str, kind: str) -> list[tuple[object, object]]:
+  """A JSON list of pairs or CSV rows `path,score` (by the extension)."""
+  if path.lower().endswith(".json"):
+    return _parse_json(path, _load_json(path, kind))
+  return _parse_csv(path, _read_text(path, kind))
+
+
+def _number(value: object) -> float | None:
+  """A finite float, or None for anything else (text, null, NaN, inf)."""
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    return None
+  return number if np.isfinite(number) else None
+
+
+def _validate_pairs(path: str, pairs: list[tuple[object, object]], score_range: ScoreRange,
+                    where: str) -> tuple[list[str], np.ndarray]:
   if len(pairs) < 2:
-    raise PromptFileError(f"{path}: a prompt needs at least 2 image-score pairs, found {len(pairs)}")
+    raise PromptFileError(f"{where}: a prompt needs at least 2 image-score pairs, found "
+                          f"{len(pairs)}")
   base = os.path.dirname(os.path.abspath(path))
+  hint = ("normalise scores first, or pass --score-range LO,HI" if score_range == UNIT
+          else "is --score-range right?")
   images, scores = [], []
   for index, (image, raw_score) in enumerate(pairs):
-    where = f"{path}: entry {index} ({image!r})"
+    entry = f"{where}: entry {index} ({image!r})"
     try:
       score = float(raw_score)
     except (TypeError, ValueError):
-      raise PromptFileError(f"{where}: score {raw_score!r} is not a number") from None
-    if not np.isfinite(score) or not 0.0 <= score <= 1.0:
-      raise PromptFileError(f"{where}: score {raw_score!r} is not in [0, 1] (normalise scores first)")
-    images.append(_resolve(str(image), base, where))
+      raise PromptFileError(f"{entry}: score {raw_score!r} is not a number") from None
+    if not score_range.contains(score):
+      raise PromptFileError(f"{entry}: score {raw_score!r} is not in {score_range} ({hint})")
+    images.append(_resolve(str(image), base, entry))
     scores.append(score)
-  return images, np.asarray(scores, np.float32)
+  return images, score_range.normalise(scores).astype(np.float32)
 
 
-def _parse_json(path: str, text: str) -> list[tuple[object, object]]:
-  try:
-    data = json.loads(text)
-  except json.JSONDecodeError as err:
-    raise PromptFileError(f"{path}: not valid JSON ({err})") from err
+def _parse_json(where: str, data: object) -> list[tuple[object, object]]:
   if not isinstance(data, list):
-    raise PromptFileError(f"{path}: expected a JSON list of [image path, score] pairs")
+    raise PromptFileError(f"{where}: expected a JSON list of [image path, score] pairs")
   for index, entry in enumerate(data):
     if not isinstance(entry, (list, tuple)) or len(entry) != 2:
-      raise PromptFileError(f"{path}: entry {index} is {entry!r}, not an [image path, score] pair")
+      raise PromptFileError(f"{where}: entry {index} is {entry!r}, not an [image path, score] pair")
   return [tuple(entry) for entry in data]
 
 
 def _parse_csv(path: str, text: str) -> list[tuple[object, object]]:
   rows = [row for row in csv.reader(io.StringIO(text)) if row and any(c.strip() for c in row)]
-  if rows and rows[0][0].strip().lower() in ("path", "image", "image_path", "name"):
+  if rows and rows[0][0].strip().lower() in _HEADER_NAMES:
     rows = rows[1:]
   for index, row in enumerate(rows):
     if len(row) != 2:
@@ -84,12 +198,22 @@ def _parse_csv(path: str, text: str) -> list[tuple[object, object]]:
   return [(row[0].strip(), row[1].strip()) for row in rows]
 
 
+def _candidates(image: str, base: str) -> list[str]:
+  return [image] if os.path.isabs(image) else [os.path.normpath(os.path.join(base, image)), image]
+
+
 def _resolve(image: str, base: str, where: str) -> str:
-  candidates = [image] if os.path.isabs(image) else [os.path.join(base, image), image]
+  candidates = _candidates(image, base)
   for candidate in candidates:
     if os.path.isfile(candidate):
       return candidate
   raise PromptFileError(f"{where}: image file not found (looked in {', '.join(candidates)})")
+
+
+def _locate(image: str, base: str) -> str:
+  """The first candidate that exists, else the first one (reading it reports the error)."""
+  candidates = _candidates(image, base)
+  return next((c for c in candidates if os.path.isfile(c)), candidates[0])
 
 
 def find_images(inputs: Sequence[str]) -> list[str]:
@@ -107,20 +231,20 @@ def find_images(inputs: Sequence[str]) -> list[str]:
   return found
 
 
-def write_rows(rows: Iterable[ScoreRow], output: str | None, stream: io.TextIOBase) -> None:
-  """Writes rows as JSON (`.json` output) or CSV (any other output, or `stream` when None)."""
-  rows = list(rows)
+def write_rows(rows: Iterable[ScoreRow], output: str | None, stream: io.TextIOBase,
+               columns: Sequence[str] = COLUMNS) -> None:
+  """Writes rows' `columns` as JSON (`.json` output) or CSV (any other output, or `stream` when
+  None); scores with 6 decimals in CSV."""
+  rows = [{column: getattr(row, column) for column in columns} for row in rows]
+  # Through epath, so that the output may be in a bucket (gs://), written whole.
   if output and output.lower().endswith(".json"):
-    with open(output, "w", encoding="utf-8") as f:
-      json.dump([dataclasses.asdict(row) for row in rows], f, indent=1)
-      f.write("\n")
+    epath.Path(output).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     return
-  handle = open(output, "w", newline="", encoding="utf-8") if output else stream
-  try:
-    writer = csv.writer(handle)
-    writer.writerow(["path", "score", "error"])
-    for row in rows:
-      writer.writerow([row.path, "" if row.score is None else f"{row.score:.6f}", row.error or ""])
-  finally:
-    if output:
-      handle.close()
+  handle = io.StringIO(newline="") if output else stream
+  writer = csv.writer(handle)
+  writer.writerow(columns)
+  for row in rows:
+    writer.writerow(["" if value is None else f"{value:.6f}" if isinstance(value, float)
+                     else value for value in row.values()])
+  if output:
+    epath.Path(output).write_text(handle.getvalue(), encoding="utf-8")

@@ -22,7 +22,7 @@ def tfds_home(tmp_path, monkeypatch):
 def test_every_subcommand_is_covered_here():
   parser = cli.build_parser()
   commands = next(a for a in parser._actions if a.dest == "command").choices
-  assert set(commands) == {"score", "convert", "prepare", "datasets", "bench"}
+  assert set(commands) == {"score", "export", "convert", "prepare", "datasets", "bench"}
 
 
 def test_datasets_without_data_dir_uses_the_tfds_default(tfds_home, capsys):
@@ -67,6 +67,21 @@ def test_score_with_only_its_required_arguments(tiny_model_dir, tmp_path, capsys
   rows = capsys.readouterr().out.strip().splitlines()
   assert rows[0] == "path,score,error" and rows[1].startswith(paths[2] + ",")
   assert 0.0 <= float(rows[1].split(",")[1]) <= 1.0
+
+
+def test_export_with_only_its_required_arguments(tiny_model_dir, tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  paths = []
+  for index in range(2):
+    paths.append(str(tmp_path / f"{index}.png"))
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(paths[-1])
+  prompt = tmp_path / "prompt.json"
+  prompt.write_text(json.dumps([[paths[0], 0.2], [paths[1], 0.8]]))
+  out = tmp_path / "scorer"
+  assert cli.main(["export", "--checkpoint", tiny_model_dir, "--prompt", str(prompt),
+                   "--out", str(out)]) == 0
+  assert capsys.readouterr().out == f"wrote {out / 'scorer.jaxexport'}\n"
+  assert sorted(os.listdir(out)) == ["scorer.jaxexport", "scorer.json", "weights.npz"]
 
 
 def test_bench_with_only_a_config(capsys):

@@ -421,4 +421,4 @@ def test_console_script(root, tmp_path):
   assert result.returncode == cli.EXIT_USAGE
   assert result.stdout == ""
   assert result.stderr == (f"error: prompt: {prompt}: entry 1 ('p0.png'): score 'nan' is not in "
-                           "[0, 1] (normalise scores first)\n")
+                           "[0, 1] (normalise scores first, or pass --score-range LO,HI)\n")

@@ -5,12 +5,14 @@ compile once in the session (`group_forward` once more).
 """
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from promptiqa_jax import Prompt
 from promptiqa_jax.data import preprocess
+from promptiqa_jax.inference import PromptIQA
 
 PROMPT_SCORES = [0.2, 0.5, 0.9]
 
@@ -140,9 +142,13 @@ def test_encode_prompt_refuses_bad_scores_before_any_compute(tiny_model, monkeyp
     tiny_model.encode_prompt(paths, scores)
 
 
-def test_encode_prompt_needs_two_pairs(tiny_model, tmp_path):
-  with pytest.raises(ValueError, match="at least 2 image-score pairs, got 1"):
-    tiny_model.encode_prompt([str(tmp_path / "absent.png")], [0.5])
+def test_encode_prompt_needs_a_pair_and_takes_one(tiny_model, tmp_path):
+  with pytest.raises(ValueError, match="at least 1 image-score pair, got none"):
+    tiny_model.encode_prompt([], [])
+  size = tiny_model.config.image_size
+  image = np.zeros((1, size, size, 3), np.float32)
+  prompt = tiny_model.encode_prompt(image, [0.5])
+  assert prompt.vectors.shape[0] == 1 and tiny_model.score(image, prompt).shape == (1,)
 
 
 def test_group_forward_is_leave_one_out_scoring(tiny_model):
@@ -167,3 +173,28 @@ def test_group_forward_is_leave_one_out_scoring(tiny_model):
 def test_group_forward_shape_errors(tiny_model, images_shape, scores_shape):
   with pytest.raises(ValueError, match=r"images \[g, G, H, W, 3\] and scores \[g, G\]"):
     tiny_model.group_forward(np.zeros(images_shape, np.uint8), np.zeros(scores_shape, np.float32))
+
+
+def test_bfloat16_scoring(tiny_model_dir, tiny_model, prompt, prompt_images, queries):
+  model = PromptIQA.from_checkpoint(tiny_model_dir, batch_size=tiny_model.batch_size,
+                                    dtype="bfloat16")
+  assert model.config.dtype == "bfloat16" and tiny_model.config.dtype == "float32"
+  # Parameters stay float32; only the computation is bfloat16.
+  dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves(model.variables)}
+  assert dtypes == {np.dtype("float32")}
+  encoded = model.encode_prompt(prompt_images, PROMPT_SCORES)
+  assert encoded.vectors.dtype == encoded.fused.dtype == np.float32
+  scores = model.score(queries, encoded)
+  difference = np.abs(scores - tiny_model.score(queries, prompt))
+  assert scores.dtype == np.float32 and 0 < difference.max() < 0.02, difference
+
+
+def test_unknown_dtype(tiny_model):
+  with pytest.raises(ValueError, match="dtype must be 'float32', 'bfloat16' or 'float64'"):
+    PromptIQA(tiny_model.variables, tiny_model.config, dtype="float16")
+
+
+def test_batches_are_split_over_the_devices(tiny_model):
+  assert tiny_model.devices == jax.local_devices()
+  assert tiny_model.batch_sharding.num_devices == len(jax.local_devices())
+  assert tiny_model.batch_size % len(jax.local_devices()) == 0

@@ -119,7 +119,11 @@ def flax_to_torch(variables: Mapping[str, Any], torch_shapes: Mapping[str, tuple
 
 def load_torch_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """Reads a release checkpoint safely (`weights_only=True`) -> (numpy state_dict, other entries)."""
-  import torch  # Only checkpoint conversion needs torch.
+  try:
+    import torch  # Only checkpoint conversion needs torch.
+  except ModuleNotFoundError as err:
+    raise ModuleNotFoundError("converting a release checkpoint needs PyTorch: "
+                              "pip install 'promptiqa-jax[torch]'", name="torch") from err
 
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no such checkpoint file")
