@@ -29,6 +29,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   data = ml_collections.ConfigDict()
   data.data_dir = "~/tensorflow_datasets"
+  # Where each host mirrors a gs:// data_dir ("": ~/.cache/promptiqa_jax/datasets).
+  data.local_cache_dir = ""
   data.train = (["koniq10k", "live"] if smoke
                 else list(PAPER_DATASETS if arg == "all12" else RELEASE_DATASETS))
   data.train_split = "train"
@@ -40,7 +42,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   data.image_size = model.image_size
   data.scale_rate = 0.5
   data.flip_rate = 0.1
-  data.hflip = True
+  # The release's image flip: its np.fliplr on [3, H, W] arrays reverses H (upside down), p = 0.5.
+  data.flip = "vertical"
   data.seed = 0
   data.num_workers = 0 if smoke else 8
   data.read_threads = 1

@@ -17,6 +17,8 @@ def get_data_config(smoke: bool, image_size: int) -> ml_collections.ConfigDict:
   table = datasets.requirement_table("synthetic_iqa")
   data = ml_collections.ConfigDict()
   data.data_dir = "~/tensorflow_datasets"
+  # Where each host mirrors a gs:// data_dir ("": ~/.cache/promptiqa_jax/datasets).
+  data.local_cache_dir = ""
   # Names as datasets.parse_name reads them; "synthetic_iqa:random" draws a requirement per group.
   data.train = table.config_names(table.train()) + ["synthetic_iqa:random"]
   data.train_split = "train"

@@ -49,17 +49,23 @@ _CSIQ_TYPES = ("AWGN", "BLUR", "contrast", "fnoise", "JPEG", "jpeg2000")
 
 
 def write_fake_layout(key: str, root: str, n_images: int, seed: int,
-                      image_shape: tuple[int, int] = (24, 32)) -> list[dict]:
+                      image_shape: tuple[int, int] = (24, 32), ties: int | None = None) -> list[dict]:
   """Writes a fake `key` dataset of `n_images` labelled images (`image_shape` = (H, W)) under root.
 
   Returns one dict per labelled image, in label-file order: name (relative to root), path (absolute),
-  score_raw, score (normalised), unit, official_split (KonIQ-10k's set, else None). Datasets split
-  by reference image use max(3, n_images // 3) references, all of them used.
+  score_raw, score (normalised), unit, label_index (the image's position in the label list, as the
+  reference indexes it), official_split (KonIQ-10k's set, else None). Datasets split by reference
+  image use max(3, n_images // 3) references, all of them used. `ties`: draw the scores from that
+  many distinct values (many tied scores, as KADID-10k and SPAQ have).
   """
   os.makedirs(root, exist_ok=True)
   rng = np.random.default_rng(seed)
   low, high = _RAW[key]
-  scores = [round(float(s), 4) for s in rng.uniform(low, high, n_images)]
+  if ties is None:
+    scores = [round(float(s), 4) for s in rng.uniform(low, high, n_images)]
+  else:
+    values = rng.uniform(low, high, ties).round(4)
+    scores = [float(s) for s in rng.choice(values, n_images)]
   n_refs = max(3, n_images // 3)
   writer = _WRITERS[key]
   records = writer(root, rng, scores, n_refs)
@@ -119,7 +125,7 @@ def _koniq10k(root, rng, scores, n_refs):
     name = f"{100000 + 7919 * i}.jpg"
     votes = rng.integers(0, 40, 5)
     rows.append([name, *votes, int(votes.sum()), mos, 0.5, 0.1, sets[i % len(sets)]])
-    records.append({"name": f"1024x768/{name}", "score_raw": mos, "unit": i,
+    records.append({"name": f"1024x768/{name}", "score_raw": mos, "unit": i, "label_index": i,
                     "official_split": official[sets[i % len(sets)]]})
   _write_csv(os.path.join(root, "koniq10k_distributions_sets.csv"),
              ["image_name", "c1", "c2", "c3", "c4", "c5", "c_total", "MOS", "SD", "MOS_zscore", "set"],
@@ -133,7 +139,7 @@ def _spaq(root, rng, scores, n_refs):
   _write_xlsx(os.path.join(root, "Annotations", "MOS_and_Image_attribute_scores.xlsx"),
               ["Image name", "MOS", "Brightness", "Colorfulness", "Contrast", "Noisiness", "Sharpness"],
               [[n, s, 50, 50, 50, 50, 50] for n, s in zip(names, scores)])
-  return [{"name": f"img_resize/{n}", "score_raw": s, "unit": i}
+  return [{"name": f"img_resize/{n}", "score_raw": s, "unit": i, "label_index": i}
           for i, (n, s) in enumerate(zip(names, scores))]
 
 
@@ -147,7 +153,8 @@ def _livec(root, rng, scores, n_refs):
                    {"AllImages_release": _cells(names, (len(names), 1))})
   scipy.io.savemat(os.path.join(root, "Data", "AllMOS_release.mat"),
                    {"AllMOS_release": np.asarray(mos, dtype=np.float64)[None, :]})
-  return [{"name": f"Images/{n}", "score_raw": s, "unit": i}
+  # The reference indexes the lists after the drop.
+  return [{"name": f"Images/{n}", "score_raw": s, "unit": i, "label_index": i}
           for i, (n, s) in enumerate(zip(names[7:], scores))]
 
 
@@ -163,7 +170,8 @@ def _live(root, rng, scores, n_refs):
     dmos[position], orgs[position] = score, 0
     refnames[position] = refs_used[k % n_refs]
     records.append({"name": names[position], "score_raw": score,
-                    "unit": sorted(refs_used).index(refs_used[k % n_refs])})
+                    "unit": sorted(refs_used).index(refs_used[k % n_refs]),
+                    "label_index": int(position)})
   scipy.io.savemat(os.path.join(root, "dmos_realigned.mat"),
                    {"dmos": dmos[None, :], "orgs": orgs[None, :],
                     "dmos_std": np.ones((1, len(names)))})
@@ -181,7 +189,7 @@ def _csiq(root, rng, scores, n_refs):
     name = f"{ref}.{_CSIQ_TYPES[(i // n_refs) % 6]}.{i // (n_refs * 6) + 1}.png"
     lines.append(f"{name} {score}\n")
     records.append({"name": f"dst_imgs_all/{name}", "score_raw": score,
-                    "unit": sorted(f"{r}.png" for r in refs).index(f"{ref}.png")})
+                    "unit": sorted(f"{r}.png" for r in refs).index(f"{ref}.png"), "label_index": i})
   with open(os.path.join(root, "csiq_label.txt"), "w") as f:
     f.writelines(lines)
   return records
@@ -194,7 +202,8 @@ def _tid2013(root, rng, scores, n_refs):
     ref = i % n_refs + 1
     name = f"i{ref:02d}_{(i // n_refs) % 24 + 1:02d}_{i // (n_refs * 24) + 1}.bmp"
     lines.append(f"{score} {name}\n")
-    records.append({"name": f"distorted_images/{name}", "score_raw": score, "unit": ref - 1})
+    records.append({"name": f"distorted_images/{name}", "score_raw": score, "unit": ref - 1,
+                    "label_index": i})
   with open(os.path.join(root, "mos_with_names.txt"), "w") as f:
     f.writelines(lines)
   return records
@@ -207,7 +216,8 @@ def _kadid10k(root, rng, scores, n_refs):
     ref = i % n_refs + 1
     name = f"I{ref:02d}_{(i // n_refs) % 25 + 1:02d}_{i // (n_refs * 25) + 1:02d}.png"
     rows.append([name, f"I{ref:02d}.png", score, 0.5])
-    records.append({"name": f"images/{name}", "score_raw": score, "unit": ref - 1})
+    records.append({"name": f"images/{name}", "score_raw": score, "unit": ref - 1,
+                    "label_index": i})
   _write_csv(os.path.join(root, "dmos.csv"), ["dist_img", "ref_img", "dmos", "var"], rows)
   return records
 
@@ -216,7 +226,7 @@ def _bid(root, rng, scores, n_refs):
   del rng, n_refs
   _write_xlsx(os.path.join(root, "DatabaseGrades.xlsx"), ["Image", "Average Score"],
               [[i + 1, s] for i, s in enumerate(scores)])
-  return [{"name": f"DatabaseImage{i + 1:04d}.JPG", "score_raw": s, "unit": i}
+  return [{"name": f"DatabaseImage{i + 1:04d}.JPG", "score_raw": s, "unit": i, "label_index": i}
           for i, s in enumerate(scores)]
 
 
@@ -225,7 +235,7 @@ def _gfiqa20k(root, rng, scores, n_refs):
   names = [f"{i:05d}.png" for i in range(len(scores))]
   _write_csv(os.path.join(root, "mos.csv"), ["img_name", "mos"],
              [[n, s] for n, s in zip(names, scores)])
-  return [{"name": f"image/{n}", "score_raw": s, "unit": i}
+  return [{"name": f"image/{n}", "score_raw": s, "unit": i, "label_index": i}
           for i, (n, s) in enumerate(zip(names, scores))]
 
 
@@ -238,7 +248,7 @@ def _agiqa3k(root, rng, scores, n_refs):
               "std_align"],
              [[n, "a cat, on a mat", "", "", "", s, 0.5, a, 0.5]
               for n, s, a in zip(names, scores, align)])
-  return [{"name": f"img/{n}", "score_raw": s, "unit": i}
+  return [{"name": f"img/{n}", "score_raw": s, "unit": i, "label_index": i}
           for i, (n, s) in enumerate(zip(names, scores))]
 
 
@@ -247,14 +257,16 @@ def _aigciqa2023(root, rng, scores, n_refs):
   os.makedirs(os.path.join(root, "DATA", "MOS"))
   scipy.io.savemat(os.path.join(root, "DATA", "MOS", "mosz1.mat"),
                    {"MOSz": np.asarray(scores, dtype=np.float64)[:, None]})
-  return [{"name": f"Image/allimg/{i}.png", "score_raw": s, "unit": i} for i, s in enumerate(scores)]
+  return [{"name": f"Image/allimg/{i}.png", "score_raw": s, "unit": i, "label_index": i}
+          for i, s in enumerate(scores)]
 
 
 def _uwiqa(root, rng, scores, n_refs):
   del rng, n_refs
   _write_xlsx(os.path.join(root, "IQA_Value.xlsx"), ["image", "value"],
               [[i + 1, s] for i, s in enumerate(scores)])
-  return [{"name": f"img/{i + 1:04d}.png", "score_raw": s, "unit": i} for i, s in enumerate(scores)]
+  return [{"name": f"img/{i + 1:04d}.png", "score_raw": s, "unit": i, "label_index": i}
+          for i, s in enumerate(scores)]
 
 
 _WRITERS: dict[str, Callable[..., list[dict]]] = {

@@ -1,9 +1,10 @@
 """The real IQA dataset builders, each run on a tiny fake copy of its layout (tests/fake_layouts.py).
 
 Expected values are worked out by hand from the spec (shared/spec/datasets.md) and the reference's
-split code (`random.seed(2024); random.shuffle(list(range(n))); first round(0.8 n) train`), not
-taken from the builders. Images are stored at 32x32 (a builder config for tests) except in the test
-of the "224" and "full" configs.
+split code (`random.seed(2024); random.shuffle(list(range(n))); first round(0.8 n) train`), its
+dataset list (the n it shuffles), the way each of its dataset classes lists a split's images and its
+prompt sampling (transcribed below), not taken from the builders. Images are stored at 32x32 (a
+builder config for tests) except in the test of the "224" and "full" configs.
 """
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ import random
 import sys
 import types
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 import fake_layouts
-from promptiqa_jax.data import catalog, datasets, preprocess
+from promptiqa_jax.data import catalog, datasets, preprocess, prompts, sources
 from promptiqa_jax.data.datasets import iqa_base
 
 SIZE = 32
@@ -42,6 +45,16 @@ FACTS = {
 }
 # Under 5,000 images: these get the ten random splits.
 SMALL = {"livec", "live", "csiq", "tid2013", "bid", "agiqa3k", "aigciqa2023", "uwiqa"}
+# The reference's dataset list (utils/dataset/dataset_info.json): the n its split shuffles.
+RELEASE_COUNT = {"koniq10k": 10073, "spaq": 11125, "livec": 1162, "live": 29, "csiq": 30,
+                 "tid2013": 25, "kadid10k": 81, "bid": 586, "gfiqa20k": 19998, "agiqa3k": 2982,
+                 "aigciqa2023": 2400, "uwiqa": 890}
+# How each reference dataset class lists a split's images: "units" loops over the split's index
+# list (and, per reference image, over the label file); "rows" loops over the label file, keeping
+# the rows whose unit is in the list.
+RELEASE_LISTING = {"koniq10k": "units", "spaq": "rows", "livec": "units", "live": "units",
+                   "csiq": "units", "tid2013": "units", "kadid10k": "rows", "bid": "units",
+                   "gfiqa20k": "units", "agiqa3k": "units", "aigciqa2023": "units", "uwiqa": "rows"}
 SYNTHETIC_MODULE = datasets.DATASET_MODULES["synthetic_iqa"]
 
 
@@ -57,12 +70,50 @@ def read_split(builder, split):
   return {r["name"].decode(): r for r in records}
 
 
-def reference_train_units(n_units, seed):
-  """The reference's toolkit.get_data split, verbatim in spirit: indices of the train side."""
+def names_in_order(builder, split):
+  """The names of `split`'s records in record order."""
+  source = builder.as_data_source(split)
+  return [source[i]["name"].decode() for i in range(len(source))]
+
+
+def reference_split(n_units, seed):
+  """The reference's toolkit.get_data split, verbatim in spirit: (train, test) index lists."""
   index = list(range(n_units))
   random.seed(seed)
   random.shuffle(index)
-  return set(index[0:int(round(0.8 * len(index)))])
+  return index[0:int(round(0.8 * len(index)))], index[int(round(0.8 * len(index))):len(index)]
+
+
+def reference_train_units(n_units, seed):
+  return set(reference_split(n_units, seed)[0])
+
+
+def reference_listing(key, expected, index):
+  """The records (label-file order in `expected`) of a split's index list, as the reference's
+  dataset class lists them."""
+  if RELEASE_LISTING[key] == "units":
+    return [r for unit in index for r in expected if r["unit"] == unit]
+  return [r for r in expected if r["unit"] in index]
+
+
+def reference_prompt(samples, n, sample_type, seed=None):
+  """The reference's get_prompt on its split's samples: their names, in prompt order."""
+  # Its normalised scores are float32 arithmetic on float32 labels.
+  combined = [(r["name"], r["score_reference"]) for r in samples]
+  if sample_type == "fix":
+    combined.sort(key=lambda x: x[1])
+  else:
+    random.seed(seed)  # the reference's own call is random.seed(), unseeded
+    random.shuffle(combined)
+  length = len(samples)
+  data_len = (length - 2) // (n - 2)
+  sample = [combined[0][0]]
+  for i in range(data_len, length, data_len):
+    sample.append(combined[i][0])
+    if len(sample) == n - 1:
+      break
+  sample.append(combined[-1][0])
+  return sample
 
 
 def units(records):
@@ -93,27 +144,38 @@ def test_builder_reads_fake_layout(key, tmp_path):
     assert record["score_raw"] == pytest.approx(want["score_raw"], rel=1e-6)
     assert record["score"] == pytest.approx(want["score"], rel=1e-5, abs=1e-6)
     assert record["unit"] == want["unit"]
+    assert record["label_index"] == want["label_index"]
     assert record["image"].shape == (SIZE, SIZE, 3) and record["image"].dtype == np.uint8
     np.testing.assert_array_equal(
         record["image"], preprocess.resize_bicubic(preprocess.load_image(want["path"]), SIZE))
 
   # Splits by unit: the reference's 80/20, validation carved from train, no unit on both sides.
+  # The fake layouts hold fewer units than the reference's list: the label files' count is shuffled.
   n_units = len({r["unit"] for r in expected})
   assert units(train) == reference_train_units(n_units, 2024)
   assert not units(train) & units(test)
   validation, rest = splits["validation"], splits["train_without_validation"]
   assert units(validation) and units(validation) <= units(train)
   assert set(validation) | set(rest) == set(train) and not units(validation) & units(rest)
+  # Each split in the order the reference lists it; subsets of train in train's order.
+  order = {name: names_in_order(builder, name) for name in split_names}
+  for side, index in zip(("train", "test"), reference_split(n_units, 2024)):
+    assert order[side] == [r["name"] for r in reference_listing(key, expected, index)], side
+  for subset in ("validation", "train_without_validation"):
+    assert order[subset] == [n for n in order["train"] if n in splits[subset]]
   if key in SMALL:
     for k in range(10):
       side_train, side_test = splits[f"split{k}_train"], splits[f"split{k}_test"]
       assert units(side_train) == reference_train_units(n_units, k)
       assert set(side_train) | set(side_test) == set(by_name)
       assert not units(side_train) & units(side_test)
+      for side, index in zip(("train", "test"), reference_split(n_units, k)):
+        assert order[f"split{k}_{side}"] == [
+            r["name"] for r in reference_listing(key, expected, index)], (k, side)
   if key == "koniq10k":
     for side in ("train", "validation", "test"):
-      assert set(splits[f"official_{side}"]) == {r["name"] for r in expected
-                                                 if r["official_split"] == side}
+      assert order[f"official_{side}"] == [r["name"] for r in expected
+                                           if r["official_split"] == side]
 
   # Metadata, in the module and in the built dataset.
   score_type, lower_better, raw_range, unit = FACTS[key]
@@ -123,6 +185,9 @@ def test_builder_reads_fake_layout(key, tmp_path):
     assert meta["lower_better"] is lower_better is module_facts.lower_better
     assert tuple(meta["raw_range"]) == raw_range == module_facts.raw_range
     assert meta["split_unit"] == unit
+    assert meta["release_count"] == RELEASE_COUNT[key] == module_facts.release_count
+    assert meta["release_listing"] == RELEASE_LISTING[key] == module_facts.release_listing
+    assert (meta["split_count"], meta["split_count_source"]) == (n_units, "label file")
     assert meta["download_url"] and meta["license"]
     assert meta["reference_split_seed"] == 2024
     assert meta["random_split_seeds"] == (list(range(10)) if key in SMALL else [])
@@ -144,6 +209,74 @@ def test_224_and_full_configs(tmp_path):
       np.testing.assert_array_equal(record["image"], want)
   built = {row["name"]: row for row in catalog.list_datasets(tmp_path / "data")}
   assert built["csiq"]["prepared"] and built["csiq"]["prepared_configs"] == ["224", "full"]
+
+
+@pytest.mark.parametrize("key", fake_layouts.KEYS)
+def test_prompts_on_tied_scores_pick_the_references_images(key, tmp_path):
+  """30 images with 4 distinct scores: interval and random prompts from the train split hold the
+  images the reference's get_prompt picks from its own listing of the split."""
+  expected = fake_layouts.write_fake_layout(key, str(tmp_path / "manual"), 30, seed=7, ties=4)
+  for record in expected:
+    record["score_reference"] = fake_layouts.NORM[key](np.float32(record["score_raw"]))
+  catalog.prepare(key, tmp_path / "data", tmp_path / "manual", config=SIZE)
+  source = sources.open_dataset(f"{key}/{SIZE}", "train", str(tmp_path / "data"))
+  scores = source.all_scores()
+  assert len(set(scores.tolist())) <= 4 < len(scores)
+  n_units = len({r["unit"] for r in expected})
+  samples = reference_listing(key, expected, reference_split(n_units, 2024)[0])
+
+  def names(indices):
+    return [sources.record_name(r) for r in source.read(indices)]
+
+  interval = names(prompts.select_prompt(scores, 6, "interval"))
+  assert interval == reference_prompt(samples, 6, "fix")
+  # Ties decide the picks here: the same rule over the split listed backwards picks others.
+  assert reference_prompt(samples[::-1], 6, "fix") != interval
+  for seed in (0, 7):
+    picked = names(prompts.select_prompt(scores, 6, "random", seed=seed))
+    assert picked == reference_prompt(samples, 6, "random", seed)
+
+
+def test_split_shuffles_the_references_count_where_the_labels_hold_it(caplog):
+  """GFIQA-20k: the reference's list says 19,998. A label file of 19,998 rows gives its exact
+  split (train: its shuffled index list, in order); the 19,988 the dataset's documentation counts
+  give a split of range(19988), said so in the metadata and a warning."""
+  from promptiqa_jax.data.datasets import gfiqa20k
+
+  def entries(n):
+    return [iqa_base.Entry(name=f"image/{i:05d}.png", score_raw=0.5, unit=i, label_index=i,
+                           source=f"mos.csv line {i + 2}") for i in range(n)]
+
+  release = entries(19998)
+  assert iqa_base.split_count(release, gfiqa20k.FACTS) == {"split_count": 19998,
+                                                           "split_count_source": "release"}
+  train, test = reference_split(19998, 2024)
+  splits = iqa_base.assign_splits(release, gfiqa20k.FACTS)
+  assert splits["train"] == train and splits["test"] == test
+  with caplog.at_level(logging.WARNING):
+    assert iqa_base.split_count(entries(19988), gfiqa20k.FACTS) == {
+        "split_count": 19988, "split_count_source": "label file"}
+  assert "19988 split units, the reference's dataset list 19998" in caplog.text
+  assert iqa_base.assign_splits(entries(19988), gfiqa20k.FACTS)["train"] == reference_split(
+      19988, 2024)[0]
+
+
+def test_builds_store_images_upright_by_their_exif_orientation(tmp_path):
+  """A phone-style JPEG with orientation 6 is stored as OpenCV reads it (rotated upright)."""
+  manual = tmp_path / "manual"
+  expected = fake_layouts.write_fake_layout("koniq10k", str(manual), 6, seed=4)
+  rotated = expected[2]
+  pixels = np.asarray(Image.open(rotated["path"]).convert("RGB").resize((40, 24)))
+  orientation = Image.Exif()
+  orientation[0x0112] = 6
+  Image.fromarray(pixels).save(rotated["path"], "JPEG", quality=90, exif=orientation.tobytes())
+  for config, size in (("full", None), (SIZE, SIZE)):
+    builder = catalog.prepare("koniq10k", tmp_path / "data", manual, config=config)
+    records = {**read_split(builder, "train"), **read_split(builder, "test")}
+    upright = cv2.cvtColor(cv2.imread(rotated["path"], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert upright.shape == (40, 24, 3)
+    want = upright if size is None else preprocess.resize_bicubic(upright, size)
+    np.testing.assert_array_equal(records[rotated["name"]]["image"], want)
 
 
 def _label_files():

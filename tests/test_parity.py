@@ -190,22 +190,39 @@ def test_linear_score_embedding(tmp_path, inputs):
   compare_api(PromptIQA(variables, config), reference, inputs["images"], inputs["scores"])
 
 
-def test_train_mode_batchnorm(tmp_path, inputs):
-  """Train mode without dropout: batch statistics and PyTorch's running-statistics update."""
-  config = ModelConfig.tiny(mal_dropout=0.0, score_dropout=0.0)
+@pytest.mark.parametrize("batchnorm", ["per_group", "global"])
+def test_train_mode_batchnorm(tmp_path, inputs, batchnorm):
+  """Train mode without dropout: batch statistics and PyTorch's running-statistics update.
+
+  "per_group" is the release's way, one group per GPU: PyTorch forwards each group on its own and
+  the running statistics are the mean of the groups' updates. "global" is one PyTorch forward over
+  both groups.
+  """
+  config = ModelConfig.tiny(mal_dropout=0.0, score_dropout=0.0, batchnorm=batchnorm)
   reference, variables = release_pair(config, tmp_path / "train.pth.tar", seed=6)
   reference.train()
   images, scores = inputs["images"], inputs["scores"]
+  bns = [reference.cnn[4 * stage + 1] for stage in range(len(config.cnn_head))]
+  start = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bns]
+  parts = [slice(g, g + 1) for g in range(len(scores))] if batchnorm == "per_group" else [
+      slice(None)]
+  expected, running = [], []
   with torch.no_grad():
-    expected = reference(nchw(images), torch.from_numpy(scores))
+    for part in parts:
+      for bn, (mean, var) in zip(bns, start):
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+      expected.append(reference(nchw(images[part]), torch.from_numpy(scores[part])).numpy())
+      running.append([(bn.running_mean.numpy().copy(), bn.running_var.numpy().copy())
+                      for bn in bns])
   actual, updates = PromptIQANet(config).apply(variables, images, scores, train=True,
-                                                  mutable=["batch_stats"])
-  assert_close(actual, expected.numpy(), "train-mode forward")
-  for stage in range(len(config.cnn_head)):
-    bn = reference.cnn[4 * stage + 1]
+                                               mutable=["batch_stats"])
+  assert_close(actual, np.concatenate(expected), "train-mode forward")
+  for stage, bn in enumerate(bns):
     stats = updates["batch_stats"]["cnn"][f"bn_{stage}"]
-    assert_close(stats["mean"], bn.running_mean.numpy(), f"cnn.{4 * stage + 1}.running_mean")
-    assert_close(stats["var"], bn.running_var.numpy(), f"cnn.{4 * stage + 1}.running_var")
+    for name, index in (("mean", 0), ("var", 1)):
+      want = np.mean([r[stage][index] for r in running], axis=0)
+      assert_close(stats[name], want, f"cnn.{4 * stage + 1}.running_{name}")
 
 
 def test_wrong_checkpoint_lists_keys(tiny):

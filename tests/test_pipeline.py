@@ -50,7 +50,8 @@ def test_batches_hold_whole_groups_of_one_dataset(fake_data_dir):
       np.testing.assert_array_equal(batch["score_clean"][g], source.scores(records))
       for image, record in zip(batch["image"][g], records):
         expected = preprocess.preprocess(preprocess.decode_image(record["image"]), 12)
-        assert (np.array_equal(image, expected) or np.array_equal(image, expected[:, ::-1]))
+        # data_config flips vertically (test_image_flip_axis_and_rate tests the rate).
+        assert (np.array_equal(image, expected) or np.array_equal(image, expected[::-1]))
   # A, B scores lie in [0.05, 0.4] and [0.6, 0.95]: no group mixes them.
   clean = np.concatenate([b["score_clean"] for b in batches])
   assert np.all((clean.max(1) <= 0.4) | (clean.min(1) >= 0.6))
@@ -65,6 +66,47 @@ def test_epoch_covers_each_dataset_once_and_reshuffles(fake_data_dir):
       members = [i for gd, idx in groups if gd == d for i in idx]
       assert len(members) == len(set(members)) == (size // 4) * 4
   assert epochs[0] != epochs[1]
+
+
+@pytest.mark.parametrize("flip", ["vertical", "horizontal", "none"])
+def test_image_flip_axis_and_rate(fake_data_dir, flip):
+  """Each image is reversed along H ("vertical", the release's flip) or W ("horizontal") on its own
+  with p = 0.5, or never; the score augmentation does not depend on the setting."""
+  stream = pipeline.train_stream(data_config(fake_data_dir, flip=flip, groups_per_batch=10))
+  batches = _take(iter(stream), 20)  # 200 groups of 4
+  opened = {name: sources.open_dataset(name, "train", fake_data_dir) for name in stream.datasets}
+  axis = {"vertical": 0, "horizontal": 1, "none": 0}[flip]
+  flips = []
+  for batch in batches:
+    for dataset, indices, images in zip(batch["dataset"], batch["index"], batch["image"]):
+      group = []
+      for image, record in zip(images, opened[stream.datasets[dataset]].read(indices)):
+        expected = preprocess.preprocess(preprocess.decode_image(record["image"]), 12)
+        reversed_ = np.flip(expected, axis)
+        assert not np.array_equal(reversed_, expected)  # a flip would show
+        group.append(not np.array_equal(image, expected))
+        if group[-1]:
+          np.testing.assert_array_equal(image, reversed_)
+      flips.append(group)
+  flips = np.array(flips)
+  if flip == "none":
+    assert not flips.any()
+  else:
+    # 800 images: 4.5 binomial standard deviations of the rate are 0.08.
+    assert abs(flips.mean() - 0.5) <= 4.5 * np.sqrt(0.25 / flips.size)
+    # Per image, not per group: most groups of 4 mix flipped and upright images.
+    mixed = flips.any(axis=1) & ~flips.all(axis=1)
+    assert mixed.mean() > 0.7
+  reference = _take(iter(pipeline.train_stream(data_config(fake_data_dir, groups_per_batch=10))), 20)
+  for key in ("score", "scale", "flipped", "index"):
+    np.testing.assert_array_equal(np.concatenate([b[key] for b in batches]),
+                                  np.concatenate([b[key] for b in reference]), err_msg=key)
+
+
+def test_unknown_flip_is_refused(fake_data_dir):
+  with pytest.raises(ValueError, match="config.data.flip must be one of 'vertical', 'horizontal', "
+                                       "'none', got 'diagonal'"):
+    pipeline.train_stream(data_config(fake_data_dir, flip="diagonal"))
 
 
 def test_score_augmentation(fake_data_dir):

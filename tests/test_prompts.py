@@ -1,4 +1,6 @@
 """Prompt selection and the evaluation batches."""
+import random
+
 import numpy as np
 import pytest
 
@@ -9,9 +11,14 @@ from promptiqa_jax.data import preprocess, prompts, sources
 fake_data_dir = fake_iqa.fake_data_dir  # the session-wide fake build
 
 
-def _reference_interval(scores, n):
-  """The reference's get_prompt(sample_type='fix') loop, on (index, score) pairs."""
-  combined = sorted(enumerate(scores), key=lambda x: x[1])
+def _reference_interval(scores, n, sample_type="fix", seed=None):
+  """The reference's get_prompt loop, on (index, score) pairs; its random shuffle seeded."""
+  combined = list(enumerate(scores))
+  if sample_type == "fix":
+    combined.sort(key=lambda x: x[1])
+  else:
+    random.seed(seed)
+    random.shuffle(combined)
   length = len(scores)
   step = (length - 2) // (n - 2)
   picked = [combined[0][0]]
@@ -48,6 +55,13 @@ def test_interval_of_two_is_lowest_and_highest():
   np.testing.assert_array_equal(prompts.select_prompt([0.5, 0.1, 0.9, 0.3], 2, "interval"), [1, 2])
 
 
+@pytest.mark.parametrize("n,size,seed", [(50, 10, 3), (11, 10, 0), (23, 4, 9)])
+def test_random_sampling_is_the_references_rule_seeded(n, size, seed):
+  scores = np.random.default_rng(n).uniform(size=n)
+  np.testing.assert_array_equal(prompts.select_prompt(scores, size, "random", seed=seed),
+                                _reference_interval(scores.tolist(), size, "random", seed))
+
+
 def test_random_sampling_is_seeded():
   first = prompts.select_prompt(np.arange(50), 10, "random", seed=3)
   assert len(set(first.tolist())) == 10 and first.max() < 50
@@ -62,6 +76,9 @@ def test_selection_errors():
     prompts.select_prompt(np.arange(20), 10, "fixed")
   with pytest.raises(ValueError, match="needs a seed"):
     prompts.select_prompt(np.arange(20), 10, "random")
+  for method in prompts.METHODS:
+    with pytest.raises(ValueError, match="size >= 2, got 1"):
+      prompts.select_prompt(np.arange(20), 1, method, seed=0)
 
 
 def test_load_prompt(fake_data_dir):

@@ -18,7 +18,7 @@ def test_stream_over_two_real_builders_yields_single_dataset_groups(tmp_path):
   names = [f"koniq10k/{SIZE}", f"csiq/{SIZE}"]
   data = ml_collections.ConfigDict(dict(
       data_dir=str(data_dir), train=names, train_split="train", weights=None, group_size=4,
-      groups_per_batch=2, image_size=SIZE, scale_rate=0.5, flip_rate=0.1, hflip=True, seed=0,
+      groups_per_batch=2, image_size=SIZE, scale_rate=0.5, flip_rate=0.1, flip="vertical", seed=0,
       num_workers=0))
   stream = train_stream(data)
   assert stream.datasets == tuple(names)

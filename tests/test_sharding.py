@@ -35,7 +35,7 @@ def test_update_is_the_same_on_8_devices_and_with_fsdp():
     # layouts agree to float32 rounding of the parameters.
     assert result["determined_fraction"] > 0.9, layout
     assert result["determined_step_error_over_lr"] < 1e-4, layout
-    # BatchNorm statistics over the whole global batch, wherever its groups are.
+    # BatchNorm statistics of each group, and their mean, wherever the groups are.
     assert result["batch_stats_max_change"] > 1e-2
     assert result["batch_stats_max_diff"] <= 1e-6, layout
   assert report["data8"]["split_arrays"] == 0

@@ -20,9 +20,9 @@ GRAD_RTOL = 3e-5
 GRAD_ATOL = 1e-7
 
 
-def gradient_tolerance(grad: np.ndarray) -> float:
+def gradient_tolerance(grad: np.ndarray, atol: float = GRAD_ATOL) -> float:
   """How far two float32 computations of the gradient tensor `grad` may differ, elementwise."""
-  return GRAD_RTOL * float(np.abs(grad).max()) + GRAD_ATOL
+  return GRAD_RTOL * float(np.abs(grad).max()) + atol
 
 
 def first_step_tolerance(grad: np.ndarray, tolerance: float, lr: float, eps: float) -> np.ndarray:
@@ -38,13 +38,15 @@ def first_step_tolerance(grad: np.ndarray, tolerance: float, lr: float, eps: flo
 def compare_first_step(before: dict[str, np.ndarray], grads: dict[str, np.ndarray],
                        expected: dict[str, dict[str, np.ndarray]],
                        actual: dict[str, dict[str, np.ndarray]], lr: float, b1: float, b2: float,
-                       eps: float, step_rtol: float = 0.0) -> dict[str, float]:
+                       eps: float, step_rtol: float = 0.0,
+                       grad_atol: float = GRAD_ATOL) -> dict[str, float]:
   """Worst error / tolerance of the first Adam step, over every tensor (passing: all <= 1).
 
   before: parameters before the step; grads: the reference gradients, weight decay included;
   expected, actual: {"params": ..., "mu": ..., "nu": ...} after the step, the same keys throughout.
   step_rtol: a further tolerance on the step relative to lr, for implementations that round the
-  same formula differently.
+  same formula differently. grad_atol: the absolute part of the gradient tolerance, for
+  computations that sum a gradient in other pieces (one process vs ranks).
   Returns the worst ratios of mu, nu, the step (after - before) and the parameters; and, over the
   elements whose gradient fixes the step to 1e-4 lr, their fraction and largest step error in lr.
   """
@@ -52,7 +54,7 @@ def compare_first_step(before: dict[str, np.ndarray], grads: dict[str, np.ndarra
   determined = total = 0
   for key, p0 in before.items():
     g = grads[key].astype(np.float64)
-    tol = gradient_tolerance(g)
+    tol = gradient_tolerance(g, grad_atol)
     exp = {k: v[key].astype(np.float64) for k, v in expected.items()}
     act = {k: v[key].astype(np.float64) for k, v in actual.items()}
     worst["mu"] = max(worst["mu"], _ratio(act["mu"], exp["mu"], (1 - b1) * tol))

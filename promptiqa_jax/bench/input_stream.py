@@ -134,7 +134,8 @@ def stream_throughput(data_dir: str, num_workers: int, *, image_size: int, group
   config = ml_collections.ConfigDict(dict(
       data_dir=data_dir, train=[name], train_split="train", weights=None,
       group_size=group_size, groups_per_batch=groups_per_batch, image_size=image_size,
-      scale_rate=0.5, flip_rate=0.1, hflip=True, seed=0, num_workers=num_workers, read_threads=1))
+      scale_rate=0.5, flip_rate=0.1, flip="vertical", seed=0, num_workers=num_workers,
+      read_threads=1))
   iterator = iter(pipeline.train_stream(config))
   try:
     for _ in range(max(1, num_workers)):

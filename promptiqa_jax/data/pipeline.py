@@ -41,6 +41,11 @@ from promptiqa_jax.data import sources
 # First words of the seed sequences, so that the generators of different purposes never coincide.
 _TAG_RECORDS, _TAG_POOL, _TAG_GROUP = 0, 1, 2
 
+# config.data.flip -> the image axis ([H, W, 3]) a flip reverses. The release's "horizontal" flip
+# is np.fliplr on a [3, H, W] array, which reverses H: its models saw upside-down images, never
+# mirrored ones, so "vertical" is its augmentation.
+FLIP_AXES = {"vertical": 0, "horizontal": 1, "none": None}
+
 
 def _ensure_absl_flags_parsed() -> None:
   # grain's worker processes read its absl flags in the parent; outside an absl.app.run program
@@ -162,7 +167,7 @@ class _GroupLoader:
 
   sources: Sequence[sources.ScoredSource]
   image_size: int
-  hflip: bool
+  flip: str
   scale_rate: float
   flip_rate: float
   seed: int
@@ -183,10 +188,13 @@ class _GroupLoader:
 
     size = self.image_size
     images = np.empty([len(records), size, size, 3], np.float32)
-    mirror = rng.random(len(records)) < 0.5
+    # Each image is flipped on its own with p = 0.5, as the release's per-image transform does; the
+    # draws are made whatever config.data.flip says, so the score augmentation below is the same.
+    flipped_images = rng.random(len(records)) < 0.5
+    axis = FLIP_AXES[self.flip]
     for i, (record, index) in enumerate(zip(records, indices)):
       image = sources.load_image(source, record, int(index), size)
-      images[i] = image[:, ::-1] if (self.hflip and mirror[i]) else image
+      images[i] = np.flip(image, axis) if (axis is not None and flipped_images[i]) else image
 
     # The reference's order: scale by c ~ U[max, 1] first, then flip s -> 1 - s.
     score, scale = clean, np.float32(1.0)
@@ -305,8 +313,9 @@ def train_stream(config: Any, process_index: int = 0, process_count: int = 1) ->
   """The training stream described by `config` (the `data` section of an experiment config).
 
   Reads config fields data_dir, train, train_split, weights, group_size, groups_per_batch (global),
-  image_size, scale_rate, flip_rate, hflip, seed, num_workers and read_threads (optional, default 1:
-  threads per worker process, or in this process when num_workers is 0).
+  image_size, scale_rate, flip_rate, flip ("vertical", "horizontal" or "none": the image flip with
+  p = 0.5, see FLIP_AXES), seed, num_workers and read_threads (optional, default 1: threads per
+  worker process, or in this process when num_workers is 0).
   """
   names = list(config.train)
   if not names:
@@ -330,6 +339,10 @@ def train_stream(config: Any, process_index: int = 0, process_count: int = 1) ->
     if len(weights) != len(names) or min(weights) <= 0:
       raise ValueError(f"config.data.weights must be None or one positive weight per training "
                        f"dataset ({len(names)}: {names}), got {weights}")
+  flip = str(config.flip)
+  if flip not in FLIP_AXES:
+    raise ValueError(f"config.data.flip must be one of {', '.join(map(repr, FLIP_AXES))}, got "
+                     f"{flip!r}")
   num_workers = int(config.get("num_workers", 0))
   read_threads = int(config.get("read_threads", 1))
   if num_workers < 0 or read_threads < 0:
@@ -357,7 +370,7 @@ def train_stream(config: Any, process_index: int = 0, process_count: int = 1) ->
   ).hexdigest()[:16]
 
   plan = _GroupPlan(sizes, group_size, groups, steps_per_epoch * groups_per_batch, seed)
-  loader = _GroupLoader(scored, int(config.image_size), bool(config.hflip),
+  loader = _GroupLoader(scored, int(config.image_size), flip,
                         _check_rate("scale_rate", config.scale_rate),
                         _check_rate("flip_rate", config.flip_rate), seed)
   return TrainStream(

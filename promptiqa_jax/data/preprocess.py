@@ -4,7 +4,11 @@ The reference reads with OpenCV, resizes to 224x224 with bicubic interpolation (
 the uint8 image, converts BGR to RGB, divides by 255 and maps to [-1, 1] with (x - 0.5) / 0.5.
 Decoding here goes through Pillow, which verifies the whole file (a truncated JPEG is an error, not
 a grey bottom half), refuses decompression bombs before decoding, and converts grayscale, RGBA,
-palette and 16-bit images to 8-bit RGB; the resize is OpenCV's, so the pixels match the reference.
+palette and 16-bit images to 8-bit RGB. Then it turns the image upright by its EXIF orientation tag
+as `cv2.imread(path, cv2.IMREAD_COLOR)` does: the tag of the file's EXIF block (JPEG APP1, PNG eXIf,
+WebP EXIF) or of a TIFF's own directory, whatever the pixel format, and not an orientation in XMP
+metadata (which Pillow's `getexif` also reads). Phone photos (SPAQ, users' images) carry such tags.
+The resize is OpenCV's, so the pixels match the reference.
 """
 from __future__ import annotations
 
@@ -15,9 +19,23 @@ import cv2
 import numpy as np
 from PIL import Image
 
-# Images with more pixels than this are refused before decoding (decompression bombs).
-# 16k x 16k covers every IQA dataset's originals (the largest, SPAQ, are about 4k x 3k).
+# Images with more pixels than this are refused before decoding (decompression bombs); turning an
+# image upright keeps its pixel count. 16k x 16k covers every IQA dataset's originals (the largest,
+# SPAQ, are about 4k x 3k).
 DEFAULT_MAX_PIXELS = 16384 * 16384
+
+_ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the stored image turned upright, on [H, W, C] arrays (TIFF/EXIF 2.3: the
+# tag says where the stored rows and columns belong; 1 and unknown values mean as stored).
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],                 # mirrored left-right
+    3: lambda a: a[::-1, ::-1],              # rotated 180
+    4: lambda a: a[::-1],                    # mirrored top-bottom
+    5: lambda a: a.transpose(1, 0, 2),       # transposed
+    6: lambda a: np.rot90(a, -1),            # rotated 90 clockwise to be upright
+    7: lambda a: np.rot90(a, -1)[::-1],      # transposed across the other diagonal
+    8: lambda a: np.rot90(a, 1),             # rotated 90 counter-clockwise to be upright
+}
 
 
 class ImageError(ValueError):
@@ -26,7 +44,7 @@ class ImageError(ValueError):
 
 def decode_image(data: bytes, source: str = "<bytes>",
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-  """Decodes encoded image bytes to uint8 RGB `[H, W, 3]`.
+  """Decodes encoded image bytes to uint8 RGB `[H, W, 3]`, upright by its EXIF orientation.
 
   Raises ImageError naming `source` for empty, truncated, non-image and oversized input.
   """
@@ -41,13 +59,16 @@ def decode_image(data: bytes, source: str = "<bytes>",
       if width == 0 or height == 0:
         raise ImageError(f"{source}: image has no pixels ({width}x{height})")
       image.load()
-      return _to_rgb8(image)
+      pixels = _to_rgb8(image)
+      orientation = _exif_orientation(image)
   except ImageError:
     raise
   except Image.UnidentifiedImageError as err:
     raise ImageError(f"{source}: not an image in a format Pillow can read") from err
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
     raise ImageError(f"{source}: cannot decode image ({err})") from err
+  upright = _UPRIGHT.get(orientation)
+  return np.ascontiguousarray(upright(pixels)) if upright else pixels
 
 
 def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -58,6 +79,22 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
   except OSError as err:
     raise ImageError(f"{path}: cannot read file ({err.strerror or err})") from err
   return decode_image(data, source=str(path), max_pixels=max_pixels)
+
+
+def _exif_orientation(image: Image.Image) -> int | None:
+  """The EXIF orientation tag where OpenCV reads it, or None (keep the image as stored)."""
+  data = image.info.get("exif")
+  if data:
+    tags = Image.Exif()
+    try:
+      tags.load(data)
+    except Exception:  # pylint: disable=broad-except
+      # Pillow raises many types for a damaged EXIF block; OpenCV keeps such an image as stored.
+      return None
+  else:
+    tags = getattr(image, "tag_v2", {})
+  value = tags.get(_ORIENTATION_TAG)
+  return value if isinstance(value, int) else None
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:

@@ -6,14 +6,18 @@ by score (stable, so ties keep record order); take the lowest; then positions k,
 k = (N - 2) // (P - 2) until P - 1 are taken; then the highest. The prompt is therefore in
 ascending score order, positions [0, k, 2k, ..., (P - 2) k, N - 1]. (P - 2) k <= N - 2, so the
 highest is never taken twice. For P = 2 it is the lowest and the highest (the reference returns
-the lowest only).
+the lowest only). The real datasets' builds store each split in the order the reference lists it
+(`iqa_base`), so on datasets with many tied scores (KADID-10k, SPAQ) the ties fall as the
+reference's and the prompt holds the reference's images.
 
-Random sampling draws P distinct records with a seeded generator (the reference shuffles unseeded
-and then takes the same positions, which is also a uniformly random P-subset).
+Random sampling is the reference's `sample_type='random'` with its shuffle seeded: the records in
+record order shuffled by Python's `random.Random(seed).shuffle` (the reference calls `random.seed()`
+without a seed, then `random.shuffle`), then the same positions as interval sampling.
 """
 from __future__ import annotations
 
 import dataclasses
+import random
 from typing import Any, Iterator, Sequence
 
 import grain
@@ -27,10 +31,11 @@ METHODS = ("interval", "random")
 
 def select_prompt(scores: Sequence[float], size: int, method: str = "interval",
                   seed: int | None = None) -> np.ndarray:
-  """Indices `[size]` into `scores` of the prompt's pairs (see the module docstring).
+  """Indices `[size]` into `scores` (records in record order) of the prompt's pairs (see the
+  module docstring).
 
-  Raises ValueError for an unknown method, size < 2 with interval sampling, a missing seed with
-  random sampling, or fewer scores than `size`.
+  Raises ValueError for an unknown method, size < 2, a missing seed with random sampling, or fewer
+  scores than `size`.
   """
   scores = np.asarray(scores, np.float64)
   n = len(scores)
@@ -38,14 +43,17 @@ def select_prompt(scores: Sequence[float], size: int, method: str = "interval",
     raise ValueError(f"Unknown prompt sampling {method!r}; use one of {METHODS}")
   if size < 1 or n < size:
     raise ValueError(f"Cannot draw a prompt of {size} pairs from {n} records")
+  if size < 2:
+    raise ValueError(f"Prompt sampling takes the first and the last of the sorted (or shuffled) "
+                     f"records: size >= 2, got {size}")
   if method == "random":
     if seed is None:
       raise ValueError("Random prompt sampling needs a seed (the reference's is unseeded)")
-    return np.random.default_rng(seed).choice(n, size, replace=False).astype(np.int64)
-  if size < 2:
-    raise ValueError(f"Interval prompt sampling takes the lowest and the highest: size >= 2, "
-                     f"got {size}")
-  order = np.argsort(scores, kind="stable")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    order = np.asarray(order, np.int64)
+  else:
+    order = np.argsort(scores, kind="stable")
   if size == 2:
     return order[[0, n - 1]].astype(np.int64)
   step = (n - 2) // (size - 2)

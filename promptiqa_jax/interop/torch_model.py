@@ -313,7 +313,9 @@ class TorchPromptIQA(nn.Module):
 
     Returns:
       [groups, G]: query i of a group scored with the other G-1 pairs of that group, in order.
-      In train mode BatchNorm uses statistics over all groups * G images of this call.
+      In train mode BatchNorm uses statistics over all groups * G images of this call: the
+      "global" variant. The release's training gives each GPU one group, so its statistics are one
+      group's: call this once per group for them.
     """
     groups, size = scores.shape
     if size < 2:

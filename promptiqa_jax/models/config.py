@@ -58,6 +58,12 @@ class ModelConfig:
   # Multi-head attention of the image branch (ViT blocks, the block after the fusion MAL): "xla",
   # or "cudnn", the fused (flash) kernel of NVIDIA GPUs, which needs dtype="bfloat16".
   attention: str = "xla"
+  # Batch statistics of the CNN head's BatchNorm in training: "per_group", over each group's G
+  # images, as each GPU of the release computes them (one group per GPU, DistributedDataParallel
+  # without SyncBatchNorm), whatever the device layout here; "global", over every image of the
+  # global batch. Running statistics move by the mean of the groups' updates (the release keeps
+  # rank 0's alone). Inference uses the running statistics either way.
+  batchnorm: str = "per_group"
 
   @property
   def grid(self) -> int:
@@ -105,6 +111,8 @@ class ModelConfig:
       raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float64', not {self.dtype!r}")
     if self.attention not in ("xla", "cudnn"):
       raise ValueError(f"attention must be 'xla' or 'cudnn', not {self.attention!r}")
+    if self.batchnorm not in ("per_group", "global"):
+      raise ValueError(f"batchnorm must be 'per_group' or 'global', not {self.batchnorm!r}")
     if self.attention == "cudnn" and self.dtype != "bfloat16":
       raise ValueError("attention='cudnn' needs dtype='bfloat16' (cuDNN's fused attention has no "
                        f"{self.dtype} kernel)")

@@ -1,7 +1,7 @@
 """The whole PromptIQA model and its entry points.
 
 Entry points (all `nn.Module` methods, used with `model.apply(variables, ..., method=...)`):
-  image_features(images [N, H, W, 3], train) -> [N, D]            f(x), D = prompt_width
+  image_features(images [N, H, W, 3], train, groups) -> [N, D]    f(x), D = prompt_width
   prompt_vectors(features [..., D], scores [...]) -> [..., D]       p_i from (f(x_i), s_i)
   fuse_prompt(vectors [..., P, D]) -> [..., P, D]                   prompt fusion, query-free
   score_with_fused(features [..., D], fused [..., P, D], train) -> [...]
@@ -23,11 +23,15 @@ from promptiqa_jax.models.vit import Block, VisionTransformer, layer_norm, wide
 
 
 class ReferenceBatchNorm(nn.Module):
-  """BatchNorm over all but the last axis, with PyTorch's running-statistics rule.
+  """BatchNorm over all but the last axis, with PyTorch's running-statistics rule, per group.
 
-  Train mode normalises with the batch mean and biased variance and updates
+  Train mode splits the leading axis into `groups` equal consecutive slices and normalises each
+  with its own batch mean and biased variance, as each GPU of the release does with its one group
+  (DistributedDataParallel without SyncBatchNorm); `groups=1` is ordinary BatchNorm over the whole
+  batch. The running statistics move by the mean over the groups of each group's update,
   running = (1 - momentum) * running + momentum * batch, with the UNBIASED batch variance in the
-  running variance, as torch.nn.BatchNorm2d does (flax.linen.BatchNorm keeps the biased one).
+  running variance as torch.nn.BatchNorm2d keeps it (flax.linen.BatchNorm keeps the biased one).
+  The release saves rank 0's running statistics alone: the running statistics of one group.
   """
 
   momentum: float = 0.1
@@ -35,47 +39,58 @@ class ReferenceBatchNorm(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, groups: int = 1) -> jax.Array:
+    """`x: [N, ..., C]` -> the same shape; in train mode N must be a multiple of `groups`."""
     features = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (features,))
     bias = self.param("bias", nn.initializers.zeros, (features,))
     running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
     running_var = self.variable("batch_stats", "var", jnp.ones, (features,))
-    if train:
-      axes = tuple(range(x.ndim - 1))
-      x32 = x.astype(wide(self.dtype))
-      mean = jnp.mean(x32, axes)
-      var = jnp.mean(jnp.square(x32 - mean), axes)
-      count = np.prod([x.shape[a] for a in axes])
-      if not self.is_initializing():
-        unbiased = var * count / max(count - 1, 1)
-        # The running statistics keep their own dtype (float32) whatever the compute dtype.
-        stored = running_mean.value.dtype
-        running_mean.value = ((1 - self.momentum) * running_mean.value
-                              + self.momentum * mean).astype(stored)
-        running_var.value = ((1 - self.momentum) * running_var.value
-                             + self.momentum * unbiased).astype(stored)
-    else:
-      mean, var = running_mean.value, running_var.value
-    inv = jax.lax.rsqrt(var.astype(wide(self.dtype)) + self.epsilon) * scale
-    return ((x - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype))
+    if not train:
+      inv = jax.lax.rsqrt(running_var.value.astype(wide(self.dtype)) + self.epsilon) * scale
+      return ((x - running_mean.value.astype(x.dtype)) * inv.astype(x.dtype)
+              + bias.astype(x.dtype))
+    if x.shape[0] % groups:
+      raise ValueError(f"BatchNorm over {groups} groups needs a batch divisible by it, got "
+                       f"{x.shape[0]}")
+    grouped = x.reshape((groups, x.shape[0] // groups) + x.shape[1:])
+    axes = tuple(range(1, grouped.ndim - 1))
+    x32 = grouped.astype(wide(self.dtype))
+    # [groups, 1, ..., 1, C]: each group's statistics, broadcast over its members.
+    mean = jnp.mean(x32, axes, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axes, keepdims=True)
+    if not self.is_initializing():
+      count = np.prod([grouped.shape[a] for a in axes])
+      unbiased = var * count / max(count - 1, 1)
+      # The running statistics keep their own dtype (float32) whatever the compute dtype.
+      stored = running_mean.value.dtype
+      running_mean.value = ((1 - self.momentum) * running_mean.value
+                            + self.momentum * jnp.mean(mean.reshape(groups, features), 0)
+                            ).astype(stored)
+      running_var.value = ((1 - self.momentum) * running_var.value
+                           + self.momentum * jnp.mean(unbiased.reshape(groups, features), 0)
+                           ).astype(stored)
+    inv = jax.lax.rsqrt(var + self.epsilon) * scale
+    out = (grouped - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype)
+    return out.reshape(x.shape)
 
 
 class CNNHead(nn.Module):
   """Conv (no padding) -> BatchNorm -> ReLU -> AvgPool per stage, down to 1x1.
 
-  `maps: [N, grid, grid, C] -> [N, D]`; stages from `ModelConfig.cnn_head`.
+  `maps: [N, grid, grid, C] -> [N, D]`; stages from `ModelConfig.cnn_head`. In train mode the
+  BatchNorm statistics are those of each of `groups` consecutive equal slices of the N maps.
   """
 
   stages: tuple[tuple[int, int, int], ...]
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, groups: int = 1) -> jax.Array:
     for index, (features, kernel, pool) in enumerate(self.stages):
       x = nn.Conv(features, (kernel, kernel), padding="VALID", dtype=self.dtype,
                   name=f"conv_{index}")(x)
-      x = ReferenceBatchNorm(dtype=self.dtype, name=f"bn_{index}")(x, train)
+      x = ReferenceBatchNorm(dtype=self.dtype, name=f"bn_{index}")(x, train, groups)
       x = nn.relu(x)
       x = nn.avg_pool(x, (pool, pool), strides=(pool, pool), padding="VALID")
     return x.reshape(x.shape[0], -1)
@@ -122,8 +137,12 @@ class PromptIQANet(nn.Module):
     self.score_dropout = nn.Dropout(cfg.score_dropout)
     self.score_out = nn.Dense(1, dtype=dtype)
 
-  def image_features(self, images: jax.Array, train: bool = False) -> jax.Array:
-    """`images: [N, H, W, 3]` in [-1, 1] -> image features f(x) `[N, D]` (float32, or float64)."""
+  def image_features(self, images: jax.Array, train: bool = False, groups: int = 1) -> jax.Array:
+    """`images: [N, H, W, 3]` in [-1, 1] -> image features f(x) `[N, D]` (float32, or float64).
+
+    In train mode the CNN head's BatchNorm takes its statistics over each of `groups` consecutive
+    equal slices of the N images.
+    """
     dtype = jnp.dtype(self.config.dtype)
     if self.config.backbone != "vit":
       return self.backbone(images)
@@ -133,7 +152,7 @@ class PromptIQANet(nn.Module):
     fused = self.block(fused)
     grid = self.config.grid
     fused = fused.reshape(fused.shape[0], grid, grid, fused.shape[-1])
-    return self.cnn(fused, train).astype(wide(dtype))
+    return self.cnn(fused, train, groups).astype(wide(dtype))
 
   def prompt_vectors(self, features: jax.Array, scores: jax.Array) -> jax.Array:
     """Prompt vectors p from pairs: `features [..., D]`, `scores [...]` -> `[..., D]`."""
@@ -183,10 +202,13 @@ class PromptIQANet(nn.Module):
     """Leave-one-out forward on groups: `images [g, G, H, W, 3]`, `scores [g, G]` -> `[g, G]`.
 
     Every image is a query once; its prompt is the other G-1 pairs of its group in their order.
-    Features are computed once per image and feed both the query and the prompt pairs.
+    Features are computed once per image and feed both the query and the prompt pairs. In train
+    mode the BatchNorm statistics are each group's own (`config.batchnorm="per_group"`, as the
+    release's GPUs compute them) or the whole batch's (`"global"`).
     """
     groups, group_size = scores.shape
-    features = self.image_features(images.reshape((-1,) + images.shape[2:]), train)
+    statistics = groups if self.config.batchnorm == "per_group" else 1
+    features = self.image_features(images.reshape((-1,) + images.shape[2:]), train, statistics)
     features = features.reshape(groups, group_size, -1)
     vectors = self.prompt_vectors(features, scores)
     # others[i] = [0..G-1] without i, in order: a static gather, no loop over queries.

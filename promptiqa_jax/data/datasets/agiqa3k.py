@@ -23,6 +23,8 @@ FACTS = iqa_base.DatasetFacts(
     norm_scale=5.0,
     num_images=2982,
     split_unit="image",
+    release_count=2982,
+    release_listing="units",
     layout=f"{LABEL_FILES[0]} (columns name, mos_quality, ...) and {IMAGE_DIR}/<name>",
     homepage="https://github.com/lcysyzxdxc/AGIQA-3k-Database",
     download_url="https://github.com/lcysyzxdxc/AGIQA-3k-Database",
@@ -46,5 +48,5 @@ class Builder(iqa_base.IqaBuilder):
       entries.append(iqa_base.Entry(
           name=f"{IMAGE_DIR}/{row['name']}",
           score_raw=iqa_base.parse_score(row["mos_quality"], source, FACTS.title),
-          unit=index, source=source))
+          unit=index, label_index=index, source=source))
     return entries

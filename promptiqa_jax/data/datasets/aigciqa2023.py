@@ -25,6 +25,8 @@ FACTS = iqa_base.DatasetFacts(
     norm_scale=100.0,
     num_images=2400,
     split_unit="image",
+    release_count=2400,
+    release_listing="units",
     layout=f"{LABEL_FILES[0]} (MOSz) and {IMAGE_DIR}/<index>.png",
     homepage="https://github.com/wangjiarui153/AIGCIQA2023",
     download_url="https://github.com/wangjiarui153/AIGCIQA2023",
@@ -44,6 +46,6 @@ class Builder(iqa_base.IqaBuilder):
     mos = iqa_base.load_mat(root, LABEL_FILES[0], ("MOSz",), FACTS.title)["MOSz"]
     return [
         iqa_base.Entry(name=f"{IMAGE_DIR}/{index}.png", score_raw=float(score), unit=index,
-                       source=f"{LABEL_FILES[0]} MOSz entry {index + 1}")
+                       label_index=index, source=f"{LABEL_FILES[0]} MOSz entry {index + 1}")
         for index, score in enumerate(np.asarray(mos, dtype=np.float64).ravel())
     ]

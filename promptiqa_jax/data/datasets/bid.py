@@ -24,6 +24,8 @@ FACTS = iqa_base.DatasetFacts(
     norm_scale=9.0,
     num_images=586,
     split_unit="image",
+    release_count=586,
+    release_listing="units",
     layout=f"{LABEL_FILES[0]} (header row; column 1 image number, column 2 MOS) and "
            "DatabaseImage<number, 4 digits>.JPG beside it",
     homepage="http://www02.smt.ufrj.br/~eduardo/ImageDatabase.htm",
@@ -56,5 +58,5 @@ class Builder(iqa_base.IqaBuilder):
       source = f"{LABEL_FILES[0]} row {number}"
       entries.append(iqa_base.Entry(
           name=image_name(image, source), score_raw=iqa_base.parse_score(mos, source, FACTS.title),
-          unit=index, source=source))
+          unit=index, label_index=index, source=source))
     return entries

@@ -27,6 +27,8 @@ FACTS = iqa_base.DatasetFacts(
     norm_scale=1.0,
     num_images=866,
     split_unit="reference",
+    release_count=30,
+    release_listing="units",
     layout=f"{LABEL_FILES[0]} (lines '<name> <dmos>') and {IMAGE_DIR}/<name>",
     homepage="https://s2.smu.edu/~eclarson/csiq.html",
     download_url="https://s2.smu.edu/~eclarson/csiq.html",
@@ -52,9 +54,9 @@ class Builder(iqa_base.IqaBuilder):
     rows = iqa_base.read_text_rows(root, LABEL_FILES[0], 2, FACTS.title)
     unit_of = {ref: unit for unit, ref in enumerate(sorted({reference_of(n) for _, (n, _) in rows}))}
     entries = []
-    for number, (name, dmos) in rows:
+    for index, (number, (name, dmos)) in enumerate(rows):
       source = f"{LABEL_FILES[0]} line {number}"
       entries.append(iqa_base.Entry(
           name=f"{IMAGE_DIR}/{name}", score_raw=iqa_base.parse_score(dmos, source, FACTS.title),
-          unit=unit_of[reference_of(name)], source=source))
+          unit=unit_of[reference_of(name)], label_index=index, source=source))
     return entries

@@ -4,6 +4,9 @@ Layout under the dataset root (as the reference reads it):
   mos.csv              header row; columns `img_name`, `mos`
   image/<img_name>     the images
 Score: MOS as is. Split unit: the image (its row index, 0-based).
+The reference's dataset list says 19,998 images and its split shuffles range(19998); with fewer rows
+it would index past the end of mos.csv. The split shuffles range(19998), the reference's split, where
+mos.csv has 19,998 rows, else range(rows) (the metadata's `split_count_source` says which).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ FACTS = iqa_base.DatasetFacts(
     norm_scale=1.0,
     num_images=19988,
     split_unit="image",
+    release_count=19998,
+    release_listing="units",
     layout=f"{LABEL_FILES[0]} (columns img_name, mos) and {IMAGE_DIR}/<img_name>",
     homepage="https://database.mmsp-kn.de/gfiqa-20k-database.html",
     download_url="https://database.mmsp-kn.de/gfiqa-20k-database.html",
@@ -45,5 +50,6 @@ class Builder(iqa_base.IqaBuilder):
       source = f"{LABEL_FILES[0]} line {index + 2}"
       entries.append(iqa_base.Entry(
           name=f"{IMAGE_DIR}/{row['img_name']}",
-          score_raw=iqa_base.parse_score(row["mos"], source, FACTS.title), unit=index, source=source))
+          score_raw=iqa_base.parse_score(row["mos"], source, FACTS.title), unit=index,
+          label_index=index, source=source))
     return entries

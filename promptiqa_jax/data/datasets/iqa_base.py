@@ -8,21 +8,30 @@ licence, where to download). Everything else lives here:
 - Builder configs: "224" stores every image resized to the model input by the reference resize
   (`preprocess.resize_bicubic`, OpenCV INTER_CUBIC); "full" stores it at full size. `make_config(n)`
   gives any other square size (tests use 32). All store lossless PNG.
-- Records: `image` (uint8 `[S, S, 3]`, or `[H, W, 3]` in "full"), `name` (Text; reads back as bytes),
-  `score` (float32, normalised to [0, 1] by the reference mapping), `score_raw` (float32), `unit`
-  (int64: the reference image's id where there is one, else the image's index in the label file).
+- Records: `image` (uint8 `[S, S, 3]`, or `[H, W, 3]` in "full"; upright by the file's EXIF
+  orientation, as OpenCV reads it), `name` (Text; reads back as bytes), `score` (float32, normalised
+  to [0, 1] by the reference mapping), `score_raw` (float32), `unit` (int64: the reference image's id
+  where there is one, else the image's index in the label file), `label_index` (int64: the image's
+  position in the dataset's label list, the row the reference indexes).
 - Splits, all by split unit so that no unit is in two sides of a split (seeds in the constants below,
   and in the dataset's TFDS metadata):
-    train / test: the reference's split: `random.seed(2024); random.shuffle(units)`, the first
-      round(0.8 n) units train. Units are 0..n-1 in label-file order for image-unit datasets, so this
-      reproduces the reference's split exactly; for reference-unit datasets the reference indexes an
-      `os.listdir` order (platform dependent), here the sorted order (see each module).
+    train / test: the reference's split: `random.seed(2024); random.shuffle(list(range(n)))`, the
+      first round(0.8 n) units train, n being the count of the reference's own dataset list
+      (`DatasetFacts.release_count`) where the label files hold that many units, else theirs (the
+      metadata's `split_count` and `split_count_source` say which). Units are 0..n-1 in label-file
+      order for image-unit datasets, so this reproduces the reference's split exactly; for
+      reference-unit datasets the reference indexes an `os.listdir` order (platform dependent), here
+      the sorted order (see each module).
     validation / train_without_validation: a seeded round(10%) (at least one) of the train units,
       for model selection, and the rest of train.
     split{k}_train / split{k}_test, k = 0..9: ten random 80/20 splits with seed k, for the datasets
       of under 5,000 images, as the field reports them.
     official_train / official_validation / official_test: where the dataset ships a split.
-  Each record is stored once per split it is in.
+  Each record is stored once per split it is in, and each split in the order the reference lists it
+  (`DatasetFacts.release_listing`): "units", for each unit in the shuffled split list its images in
+  label-file order; "rows", the split's images in label-file order. The reference sorts a split by
+  score with a stable sort to draw its interval prompt, so score ties fall in this order; subsets of
+  `train` keep its order, official splits are in label-file order.
 - Bad input: a missing label file or image folder is named with the folder it was looked for in; all
   images listed but absent or undecodable are reported together, by name, before anything is written
   (or, with `skip_bad_images=True`, listed in a warning and in the metadata, and left out of every
@@ -98,6 +107,11 @@ class DatasetFacts:
   norm_scale: float
   num_images: int  # as distributed, after the reference's own drops
   split_unit: str  # "image" or "reference"
+  # N of the reference's dataset list: the split units its split shuffles as range(N).
+  release_count: int
+  # How the reference lists a split's images: "units" (in the shuffled unit order) or "rows" (in
+  # label-file order); see the module docstring.
+  release_listing: str
   layout: str  # the files under the dataset root, for instructions and errors
   homepage: str
   download_url: str
@@ -133,6 +147,8 @@ class DatasetFacts:
         "norm_scale": self.norm_scale,
         "num_images": self.num_images,
         "split_unit": self.split_unit,
+        "release_count": self.release_count,
+        "release_listing": self.release_listing,
         "license": self.license,
         "download_url": self.download_url,
         "reference_split_seed": REFERENCE_SEED,
@@ -145,13 +161,15 @@ class DatasetFacts:
 class Entry:
   """One labelled image as the layout lists it.
 
-  `name` is the image's path relative to the dataset root ("/"-separated); `source` says where the
-  score was read ("csiq_label.txt line 12"), for error messages; `official_split` is one of
+  `name` is the image's path relative to the dataset root ("/"-separated); `label_index` its
+  position in the dataset's label list as the reference indexes it (0-based); `source` says where
+  the score was read ("csiq_label.txt line 12"), for error messages; `official_split` is one of
   OFFICIAL_SPLITS where the dataset ships a split.
   """
   name: str
   score_raw: float
   unit: int
+  label_index: int
   source: str
   official_split: str | None = None
 
@@ -185,8 +203,14 @@ def make_config(config: str | int | IqaConfig = "224") -> IqaConfig:
 class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the real IQA builders; a subclass sets `name`, `FACTS` and `read_layout`."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.1.0": "Records carry `label_index`; each split is stored in the reference's listing order "
+               "(score ties in interval prompts fall as the reference's); images are stored upright "
+               "by their EXIF orientation, as OpenCV reads them; the metadata says which count the "
+               "split shuffles (`split_count`, `split_count_source`).",
+      "1.0.0": "First release.",
+  }
   BUILDER_CONFIGS = [make_config("224"), make_config(FULL)]
   DEFAULT_CONFIG_NAME = "224"
   FACTS: ClassVar[DatasetFacts]
@@ -236,8 +260,11 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "score": tfds.features.Scalar(np.float32),
             "score_raw": tfds.features.Scalar(np.float32),
             "unit": tfds.features.Scalar(np.int64),
+            "label_index": tfds.features.Scalar(np.int64),
         }),
         supervised_keys=("image", "score"),
+        # Records stay in the order _generate_examples yields them: the reference's listing.
+        disable_shuffling=True,
         homepage=facts.homepage,
         citation=facts.citation,
         license=facts.license,
@@ -258,6 +285,7 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     entries = self.read_layout(root)
     check_entries(entries, self.FACTS)
     splits = assign_splits(entries, self.FACTS)
+    self.info.metadata.update(split_count(entries, self.FACTS))
     missing_folders = _missing_folders(root, entries)
     bad = self._encode_all(root, entries, missing_folders)
     if bad:
@@ -276,15 +304,17 @@ class IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for split, indices in splits.items()
     }
 
-  def _generate_examples(self, records: Sequence[tuple[Entry, int]]) -> Iterator[tuple[str, dict]]:
+  def _generate_examples(self, records: Sequence[tuple[Entry, int]]) -> Iterator[tuple[int, dict]]:
     facts = self.FACTS
-    for entry, index in records:
-      yield entry.name, {
+    # Integer keys in the split's order, which TFDS keeps (disable_shuffling).
+    for position, (entry, index) in enumerate(records):
+      yield position, {
           "image": (self._scratch / f"{index}.png").read_bytes(),
           "name": entry.name,
           "score": np.float32(facts.normalize(entry.score_raw)),
           "score_raw": np.float32(entry.score_raw),
           "unit": entry.unit,
+          "label_index": entry.label_index,
       }
 
   def _manual_root(self, dl_manager) -> epath.Path:
@@ -364,39 +394,68 @@ def check_entries(entries: Sequence[Entry], facts: DatasetFacts) -> None:
 
 
 def split_units(units: Sequence[int], seed: int, fraction: float) -> tuple[list[int], list[int]]:
-  """The reference's split: shuffle the sorted units with `seed`, the first round(fraction n) first."""
+  """The reference's split: shuffle the sorted units with `seed`, the first round(fraction n) first.
+
+  Both sides keep the shuffled order (the reference lists its split's images in it).
+  """
   order = sorted(units)
   random.Random(seed).shuffle(order)
   cut = int(round(fraction * len(order)))
   return order[:cut], order[cut:]
 
 
+def split_count(entries: Sequence[Entry], facts: DatasetFacts) -> dict[str, Any]:
+  """The metadata saying which count n the train/test split shuffled as range(n).
+
+  The reference's own count where the label files hold that many units (then the splits are its
+  splits), else theirs: with fewer, the reference would index past the end of the label file.
+  """
+  count = len({e.unit for e in entries})
+  if count == facts.release_count:
+    return {"split_count": count, "split_count_source": "release"}
+  _log.warning("%s: the label files hold %d split units, the reference's dataset list %d: the "
+               "splits shuffle range(%d) and differ from the reference's", facts.title, count,
+               facts.release_count, count)
+  return {"split_count": count, "split_count_source": "label file"}
+
+
+def release_order(entries: Sequence[Entry], units: Sequence[int],
+                  facts: DatasetFacts) -> list[int]:
+  """Indices into `entries` of the units `units` (a split's list, in its order), in the order the
+  reference lists them (`facts.release_listing`; see the module docstring)."""
+  rank = {unit: position for position, unit in enumerate(units)}
+  members = [i for i, e in enumerate(entries) if e.unit in rank]
+  if facts.release_listing == "units":
+    return sorted(members, key=lambda i: (rank[entries[i].unit], entries[i].label_index))
+  return sorted(members, key=lambda i: entries[i].label_index)
+
+
 def assign_splits(entries: Sequence[Entry], facts: DatasetFacts) -> dict[str, list[int]]:
-  """Split name -> indices into `entries`; see the module docstring for the splits and seeds."""
+  """Split name -> indices into `entries`, each split in the reference's listing order; see the
+  module docstring for the splits and seeds."""
   units = sorted({e.unit for e in entries})
   if len(units) < 3:
     raise LayoutError(f"{facts.title}: {len(units)} split units; at least 3 are needed for a "
                       "train, validation and test side")
 
-  def members(chosen) -> list[int]:
-    chosen = set(chosen)
-    return [i for i, e in enumerate(entries) if e.unit in chosen]
+  def listed(chosen: Sequence[int]) -> list[int]:
+    return release_order(entries, chosen, facts)
 
   train, test = split_units(units, REFERENCE_SEED, TRAIN_FRACTION)
   validation = sorted(train)
   random.Random(VALIDATION_SEED).shuffle(validation)
-  validation = validation[:max(1, int(round(VALIDATION_FRACTION * len(train))))]
+  validation = set(validation[:max(1, int(round(VALIDATION_FRACTION * len(train))))])
   splits = {
-      "train": members(train),
-      "test": members(test),
-      "validation": members(validation),
-      "train_without_validation": members(set(train) - set(validation)),
+      "train": listed(train),
+      "test": listed(test),
+      "validation": listed([u for u in train if u in validation]),
+      "train_without_validation": listed([u for u in train if u not in validation]),
   }
   if facts.random_splits:
     for k in RANDOM_SPLIT_SEEDS:
       split_train, split_test = split_units(units, k, TRAIN_FRACTION)
-      splits[f"split{k}_train"] = members(split_train)
-      splits[f"split{k}_test"] = members(split_test)
+      splits[f"split{k}_train"] = listed(split_train)
+      splits[f"split{k}_test"] = listed(split_test)
   for official in OFFICIAL_SPLITS:
     chosen = [i for i, e in enumerate(entries) if e.official_split == official]
     if chosen:

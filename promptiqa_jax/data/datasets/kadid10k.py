@@ -4,7 +4,8 @@ Layout under the dataset root (as the reference reads it):
   dmos.csv           header row; columns `dist_img`, `ref_img`, `dmos` (a MOS despite its name), `var`
   images/<dist_img>  the distorted images, named like I01_01_01.png
 Score: (MOS - 1) / 5, higher is better. Split unit: the reference image, its number minus one
-(I01_... -> 0), exactly as the reference numbers it.
+(I01_... -> 0), exactly as the reference numbers it. The reference lists a split's images in row
+order (it keeps the rows whose reference its split list holds), so tied MOS fall in that order.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ FACTS = iqa_base.DatasetFacts(
     norm_scale=5.0,
     num_images=10125,
     split_unit="reference",
+    release_count=81,
+    release_listing="rows",
     layout=f"{LABEL_FILES[0]} (columns dist_img, ref_img, dmos, var) and {IMAGE_DIR}/<dist_img>",
     homepage="https://database.mmsp-kn.de/kadid-10k-database.html",
     download_url="https://database.mmsp-kn.de/kadid-10k-database.html",
@@ -56,5 +59,5 @@ class Builder(iqa_base.IqaBuilder):
       entries.append(iqa_base.Entry(
           name=f"{IMAGE_DIR}/{row['dist_img']}",
           score_raw=iqa_base.parse_score(row["dmos"], source, FACTS.title),
-          unit=unit_of(row["dist_img"], source), source=source))
+          unit=unit_of(row["dist_img"], source), label_index=index, source=source))
     return entries

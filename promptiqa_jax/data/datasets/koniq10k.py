@@ -26,6 +26,8 @@ FACTS = iqa_base.DatasetFacts(
     norm_scale=100.0,
     num_images=10073,
     split_unit="image",
+    release_count=10073,
+    release_listing="units",
     layout=f"{LABEL_FILES[0]} (columns image_name, MOS, set) and {IMAGE_DIR}/<image_name>",
     homepage="https://database.mmsp-kn.de/koniq-10k-database.html",
     download_url="https://database.mmsp-kn.de/koniq-10k-database.html",
@@ -54,5 +56,6 @@ class Builder(iqa_base.IqaBuilder):
       entries.append(iqa_base.Entry(
           name=f"{IMAGE_DIR}/{row['image_name']}",
           score_raw=iqa_base.parse_score(row["MOS"], source, FACTS.title),
-          unit=index, source=source, official_split=_OFFICIAL.get(official)))
+          unit=index, label_index=index, source=source,
+          official_split=_OFFICIAL.get(official)))
     return entries

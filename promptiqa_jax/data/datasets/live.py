@@ -36,6 +36,8 @@ FACTS = iqa_base.DatasetFacts(
     norm_scale=100.0,
     num_images=779,
     split_unit="reference",
+    release_count=29,
+    release_listing="units",
     layout=f"{LABEL_FILES[0]} (dmos, orgs), {LABEL_FILES[1]} (refnames_all) and the folders "
            + ", ".join(f"{folder}/ ({n} images img1.bmp...)" for folder, n in DISTORTIONS),
     homepage="https://live.ece.utexas.edu/research/quality/subjective.htm",
@@ -73,6 +75,6 @@ class Builder(iqa_base.IqaBuilder):
     unit_of = {ref: unit for unit, ref in enumerate(sorted({refs[i] for i in kept}))}
     return [
         iqa_base.Entry(name=names[i], score_raw=float(dmos[i]), unit=unit_of[refs[i]],
-                       source=f"{LABEL_FILES[0]} {key} entry {i + 1}")
+                       label_index=i, source=f"{LABEL_FILES[0]} {key} entry {i + 1}")
         for i in kept
     ]

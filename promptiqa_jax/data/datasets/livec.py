@@ -28,6 +28,8 @@ FACTS = iqa_base.DatasetFacts(
     norm_scale=100.0,
     num_images=1162,
     split_unit="image",
+    release_count=1162,
+    release_listing="units",
     layout=f"{LABEL_FILES[0]} (AllImages_release), {LABEL_FILES[1]} (AllMOS_release) and "
            f"{IMAGE_DIR}/<name>",
     homepage="https://live.ece.utexas.edu/research/ChallengeDB/index.html",
@@ -54,6 +56,6 @@ class Builder(iqa_base.IqaBuilder):
                                  f"{LABEL_FILES[1]} holds {len(mos)} scores")
     return [
         iqa_base.Entry(name=f"{IMAGE_DIR}/{name}", score_raw=float(score), unit=index,
-                       source=f"{LABEL_FILES[1]} entry {index + NUM_DROPPED + 1}")
+                       label_index=index, source=f"{LABEL_FILES[1]} entry {index + NUM_DROPPED + 1}")
         for index, (name, score) in enumerate(zip(names[NUM_DROPPED:], mos[NUM_DROPPED:]))
     ]

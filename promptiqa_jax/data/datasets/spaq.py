@@ -4,7 +4,8 @@ Layout under the dataset root (as the reference reads it):
   Annotations/MOS_and_Image_attribute_scores.xlsx   header row; column 1 image name, column 2 MOS
   img_resize/<image name>                           a resized copy users make of TestImage/
 Score: MOS / 100. Split unit: the image (its data row, 0-based). Rows are read up to the first with an
-empty first cell (the reference stops after 11,125).
+empty first cell (the reference stops after 11,125). The reference lists a split's images in row order
+(it keeps the rows its split list holds), so many tied MOS fall in that order in its prompts.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ FACTS = iqa_base.DatasetFacts(
     norm_scale=100.0,
     num_images=11125,
     split_unit="image",
+    release_count=11125,
+    release_listing="rows",
     layout=f"{LABEL_FILES[0]} (header row; column 1 image name, column 2 MOS) and {IMAGE_DIR}/<name>",
     homepage="https://github.com/h4nwei/SPAQ",
     download_url="https://github.com/h4nwei/SPAQ",
@@ -46,5 +49,6 @@ class Builder(iqa_base.IqaBuilder):
       source = f"{LABEL_FILES[0]} row {number}"
       entries.append(iqa_base.Entry(
           name=f"{IMAGE_DIR}/{image_name}",
-          score_raw=iqa_base.parse_score(mos, source, FACTS.title), unit=index, source=source))
+          score_raw=iqa_base.parse_score(mos, source, FACTS.title), unit=index,
+          label_index=index, source=source))
     return entries

@@ -25,6 +25,8 @@ FACTS = iqa_base.DatasetFacts(
     norm_scale=9.0,
     num_images=3000,
     split_unit="reference",
+    release_count=25,
+    release_listing="units",
     layout=f"{LABEL_FILES[0]} (lines '<mos> <name>') and {IMAGE_DIR}/<name>",
     homepage="https://www.ponomarenko.info/tid2013.htm",
     download_url="https://www.ponomarenko.info/tid2013.htm",
@@ -50,9 +52,10 @@ class Builder(iqa_base.IqaBuilder):
   @staticmethod
   def read_layout(root: epath.Path) -> list[iqa_base.Entry]:
     entries = []
-    for number, (mos, name) in iqa_base.read_text_rows(root, LABEL_FILES[0], 2, FACTS.title):
+    rows = iqa_base.read_text_rows(root, LABEL_FILES[0], 2, FACTS.title)
+    for index, (number, (mos, name)) in enumerate(rows):
       source = f"{LABEL_FILES[0]} line {number}"
       entries.append(iqa_base.Entry(
           name=f"{IMAGE_DIR}/{name}", score_raw=iqa_base.parse_score(mos, source, FACTS.title),
-          unit=unit_of(name, source), source=source))
+          unit=unit_of(name, source), label_index=index, source=source))
     return entries

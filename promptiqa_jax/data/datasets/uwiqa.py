@@ -3,7 +3,8 @@
 Layout under the dataset root (as the reference reads it):
   IQA_Value.xlsx          header row; column 1 image number, column 2 score
   img/<number>.png        the images, named by the 4-digit image number (img/0001.png)
-Score: as is. Split unit: the image (its data row, 0-based).
+Score: as is. Split unit: the image (its data row, 0-based). The reference lists a split's images in
+row order (it keeps the rows its split list holds).
 Guessed: where to download; the dataset comes with the paper below, and this project knows of no
 official page.
 """
@@ -25,6 +26,8 @@ FACTS = iqa_base.DatasetFacts(
     norm_scale=1.0,
     num_images=890,
     split_unit="image",
+    release_count=890,
+    release_listing="rows",
     layout=f"{LABEL_FILES[0]} (header row; column 1 image number, column 2 score) and "
            f"{IMAGE_DIR}/<number, 4 digits>.png",
     homepage="",
@@ -57,5 +60,5 @@ class Builder(iqa_base.IqaBuilder):
       source = f"{LABEL_FILES[0]} row {number}"
       entries.append(iqa_base.Entry(
           name=image_name(image, source), score_raw=iqa_base.parse_score(score, source, FACTS.title),
-          unit=index, source=source))
+          unit=index, label_index=index, source=source))
     return entries
