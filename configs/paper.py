@@ -3,12 +3,20 @@
   promptiqa-jax prepare koniq10k --manual-dir /data/koniq10k --data-dir ~/tensorflow_datasets
   ... (each dataset of config.data.train)
   python -m promptiqa_jax.train --config configs/paper.py --workdir /ckpt/promptiqa \\
-      --config.init.pretrained_vit=/weights/ViT-B_8_augreg.npz
+      --config.init.pretrained_vit=/weights/B_8-i21k-...-res_224.npz  # AUGREG_VIT_B8_URL's file
 
 Arguments after the colon: "" (the release's six datasets), "all12" (the paper's twelve),
 "smoke" (a tiny model, a few steps; the tests run it on fake copies of the datasets).
 The reference trains with 4 groups of 11 per step on 4 GPUs, Adam lr 1e-5 with coupled L2 1e-5,
-cosine per epoch over 50 epochs, and starts from an ImageNet-21k AugReg ViT-B/8.
+cosine per epoch over 50 epochs, and starts from an ImageNet-21k AugReg ViT-B/8 (timm's
+vit_base_patch8_224, config_defaults.AUGREG_VIT_B8_URL; training refuses to start without it unless
+init.random_vit is set, as "smoke" does).
+
+Model selection is honest: training reads `train_without_validation`, best_model/ is chosen on
+`validation` (10% of the reference's training units, disjoint from those), and the test split is
+evaluated once at the end, for both the final and the best model. The release trains on all of
+`train` and picks its best epoch on `test`: --config.data.train_split=train
+--config.data.eval_split=test does the same.
 """
 import ml_collections
 
@@ -33,7 +41,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   data.local_cache_dir = ""
   data.train = (["koniq10k", "live"] if smoke
                 else list(PAPER_DATASETS if arg == "all12" else RELEASE_DATASETS))
-  data.train_split = "train"
+  # Training and evaluation prompts read the training units that are not held out for selection.
+  data.train_split = "train_without_validation"
   data.eval = list(data.train)
   data.eval_split = "validation"  # model selection; the final evaluation reports train.final_split
   data.weights = None
@@ -57,6 +66,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                                       async_checkpointing=False)
                   if smoke else common.train_config())
   config.mesh = common.mesh_config()
-  config.init = common.init_config()
-  config.eval = ml_collections.ConfigDict(dict(evaluators="auto"))
+  # The smoke model is a tiny ViT that no pretrained file fits: random weights, on purpose.
+  config.init = common.init_config(random_vit=smoke)
+  # release_prompt_flips=True: the release's stochastic test prompt (evaluators/release_prompts.py).
+  config.eval = ml_collections.ConfigDict(dict(evaluators="auto", release_prompt_flips=False))
   return config

@@ -115,7 +115,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       async_checkpointing=not smoke)
   config.mesh = common.mesh_config()
   config.init = common.init_config()
-  config.eval = ml_collections.ConfigDict(dict(evaluators="auto", controls_on="heldout"))
+  config.eval = ml_collections.ConfigDict(dict(evaluators="auto", controls_on="heldout",
+                                                release_prompt_flips=False))
   for ablation in ablations:
     _ablate(config, ablation)
   return config

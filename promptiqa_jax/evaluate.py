@@ -17,7 +17,8 @@ from promptiqa_jax import distributed, evaluators
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir; results go to WORKDIR/eval/.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (a folder or gs://BUCKET/PATH); "
+                               "results go to WORKDIR/eval/.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
                                   "Model directory (default: the workdir's model).")
 _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default config.data.eval_split).")

@@ -1,7 +1,8 @@
 """The training program: `python -m promptiqa_jax.train --config configs/NAME.py --workdir DIR`.
 
-Trains, resuming from the checkpoints in WORKDIR; evaluates every `train.eval_every` steps and at
-the end; exports WORKDIR/best_model and WORKDIR/model. The work is `promptiqa_jax.trainer`'s.
+Trains, resuming from the checkpoints in WORKDIR (a folder or gs://); evaluates every
+`train.eval_every` steps and at the end; exports WORKDIR/best_model and WORKDIR/model; writes
+metrics and TensorBoard events (WORKDIR/tensorboard). The work is `promptiqa_jax.trainer`'s.
 Multi-process: on TPU pods and under SLURM `jax.distributed.initialize()` finds its peers
 (--distributed=on); elsewhere pass --coordinator_address, --num_processes and --process_id.
 launch/ holds a launcher for each case.
@@ -15,7 +16,8 @@ from promptiqa_jax import distributed, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and results go")
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and results go: a "
+                                "folder or gs://BUCKET/PATH")
 distributed.define_flags()
 flags.adopt_module_key_flags(distributed)
 

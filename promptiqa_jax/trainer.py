@@ -3,16 +3,14 @@
 A pure update step `(state, batch) -> (state, metrics)` under `jax.jit` with explicit shardings on a
 `(data, fsdp)` mesh and a donated state; per-process input from the grain stream assembled into
 global arrays; orbax checkpoints (train state, grain iterator state, config) with automatic resume
-and a clean save on SIGTERM; evaluation every `train.eval_every` steps, the best model by
-`train.best_metric` exported to WORKDIR/best_model and the final one to WORKDIR/model.
+and a clean save on SIGTERM (promptiqa_jax.preemption); evaluation every `train.eval_every` steps,
+the best model by `train.best_metric` exported to WORKDIR/best_model and the final one to
+WORKDIR/model; metrics, TensorBoard events, the progress line and profiles as promptiqa_jax.observe
+writes them. WORKDIR and config.data.data_dir may be local or gs:// (promptiqa_jax.storage).
 """
 from __future__ import annotations
 
-import json
-import os
-import signal
 import sys
-import time
 from typing import Any, Callable
 
 import flax
@@ -22,13 +20,20 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
+from jax.experimental.compilation_cache import compilation_cache
 
 from promptiqa_jax import checkpoint
+from promptiqa_jax import config_defaults
 from promptiqa_jax import evaluators
+from promptiqa_jax import observe
+from promptiqa_jax import preemption
 from promptiqa_jax import sharding
+from promptiqa_jax import storage
 from promptiqa_jax.data import datasets as dataset_registry
 from promptiqa_jax.data import sources
+from promptiqa_jax.evaluators import final as final_eval
 from promptiqa_jax.inference import PromptIQA
 from promptiqa_jax.models.config import ModelConfig
 from promptiqa_jax.models.promptiqa import PromptIQANet
@@ -59,9 +64,25 @@ def trainable_fn(model_config: ModelConfig) -> Callable[[tuple[str, ...]], bool]
   return None
 
 
+def check_backbone_init(model_config: ModelConfig, init: Any) -> None:
+  """ValueError when a ViT backbone would start from random weights that nobody asked for: no
+  `init.pretrained_vit`, no `init.checkpoint` and no `init.random_vit`."""
+  if (model_config.backbone == "vit" and not init.get("pretrained_vit")
+      and not init.get("checkpoint") and not init.get("random_vit", False)):
+    raise ValueError(
+        "config.init.pretrained_vit is empty, so the ViT backbone would start from random "
+        "weights. The reference starts from the AugReg ViT-B/8 behind timm's vit_base_patch8_224: "
+        f"download {config_defaults.AUGREG_VIT_B8_URL} and pass "
+        "--config.init.pretrained_vit=PATH_TO_THAT.npz (a timm state dict of vit_base_patch8_224 "
+        "loads too), or fine-tune a trained model with --config.init.checkpoint=MODEL_DIR; "
+        "--config.init.random_vit=True starts from random weights on purpose (tests, experiments)")
+
+
 def init_variables(model: PromptIQANet, model_config: ModelConfig, init: Any, rng: jax.Array,
                    group_size: int) -> dict[str, Any]:
-  """Random init, then the pretrained pieces the `init` config section names."""
+  """Random init, then the pretrained pieces the `init` config section names (a ViT backbone
+  needs one, or `init.random_vit`: `check_backbone_init`)."""
+  check_backbone_init(model_config, init)
   size = model_config.image_size
   images = jnp.zeros((1, group_size, size, size, 3), jnp.float32)
   scores = jnp.zeros((1, group_size), jnp.float32)
@@ -76,14 +97,16 @@ def init_variables(model: PromptIQANet, model_config: ModelConfig, init: Any, rn
     # Optional: the weight readers of interop/ serve only runs that start from released weights.
     from promptiqa_jax.interop.pretrained import load_vit_backbone, merge_backbone
 
-    variables["params"] = merge_backbone(variables["params"],
-                                         load_vit_backbone(init.pretrained_vit, model_config))
+    variables["params"] = merge_backbone(
+        variables["params"],
+        load_vit_backbone(storage.local_file(init.pretrained_vit), model_config))
   if model_config.backbone != "vit":
     # Optional: only the CNN backbones read lpips weights.
     from promptiqa_jax.interop.lpips_weights import load_cnn_params
 
-    variables["params"]["backbone"]["cnn"] = load_cnn_params(model_config.backbone,
-                                                             init.get("cnn_weights") or None)
+    weights = init.get("cnn_weights")
+    variables["params"]["backbone"]["cnn"] = load_cnn_params(
+        model_config.backbone, storage.local_file(weights) if weights else None)
   return variables
 
 
@@ -123,6 +146,10 @@ def jit_train_step(train_step: Callable, mesh: jax.sharding.Mesh, state_sharding
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
 
 
+def _evaluates(config: ml_collections.ConfigDict) -> bool:
+  return int(config.train.eval_every) > 0 or bool(config.train.get("final_eval", True))
+
+
 def validate_config(config: ml_collections.ConfigDict, device_count: int) -> None:
   """Fails at start, naming the field, for configurations that cannot run."""
   data = config.data
@@ -136,80 +163,17 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int) -> Non
                      f"({config.model.image_size})")
   for field in ("pretrained_vit", "checkpoint", "cnn_weights"):
     path = config.init.get(field)
-    if path and not os.path.exists(path):
+    if path and not storage.path(path).exists():
       raise FileNotFoundError(f"config.init.{field}: {path} does not exist")
+  check_backbone_init(model_config_of(config), config.init)
   # Evaluation datasets too: a typo there would otherwise surface after the first eval_every steps.
-  evaluates = int(config.train.eval_every) > 0 or bool(config.train.get("final_eval", True))
-  for field in ("train", "eval") if evaluates else ("train",):
+  for field in ("train", "eval") if _evaluates(config) else ("train",):
     for name in data[field]:
       try:
         builder, builder_config, _ = dataset_registry.parse_name(name)
         sources.prepared_dir(builder, data.data_dir, builder_config)
       except (ValueError, FileNotFoundError) as err:
         raise type(err)(f"config.data.{field}: {err}") from None
-
-
-class _Preemption:
-  """Remembers a SIGTERM so the loop can save and exit between steps."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def close(self) -> None:
-    """Gives SIGTERM back to the handler it had (train_and_evaluate may run inside a notebook)."""
-    signal.signal(signal.SIGTERM, self._previous)
-
-  def _handle(self, signum, frame):
-    logging.warning("SIGTERM received: saving a checkpoint and exiting")
-    self.requested = True
-
-  def any_process(self) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
-
-
-class MetricsWriter:
-  """Appends metric records to `workdir/metrics.jsonl` and logs them (process 0 only).
-
-  A run that starts at `start_step` first drops the records of later steps: they come from a run
-  stopped before its next checkpoint, whose steps are trained again from `start_step`, so the file
-  keeps one record per step of the state's actual history.
-  """
-
-  def __init__(self, workdir: str, start_step: int = 0):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.active = jax.process_index() == 0
-    if self.active and os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
-      with open(self.path + ".tmp", "w") as f:
-        f.writelines(kept)
-      os.replace(self.path + ".tmp", self.path)
-
-  def write(self, step: int, metrics: dict[str, Any]) -> None:
-    if not self.active:
-      return
-    record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    print(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"),
-          flush=True)
-
-
-class _Throughput:
-  """Images per second since the last measurement."""
-
-  def __init__(self, images_per_step: int, step: int):
-    self.images_per_step = images_per_step
-    self._start, self._step = time.perf_counter(), step
-
-  def measure(self, step: int) -> float:
-    elapsed = time.perf_counter() - self._start
-    rate = self.images_per_step * (step - self._step) / max(elapsed, 1e-9)
-    self._start, self._step = time.perf_counter(), step
-    return rate
 
 
 def host_variables(state: TrainState) -> dict[str, Any]:
@@ -232,14 +196,18 @@ def metric_at(result: dict[str, Any], dotted: str) -> float:
 
 class TrainingEvaluation:
   """The evaluations of one training run: periodic ones on `config.data.eval_split` that export the
-  best model by `config.train.best_metric` (WORKDIR/best_model), and at the end the final model's
-  export (WORKDIR/model) and its evaluation on `config.train.final_split`."""
+  best model by `config.train.best_metric` (WORKDIR/best_model, its history in
+  WORKDIR/eval/selection.json), and at the end the final model's export (WORKDIR/model) and the
+  evaluation of both models on `config.train.final_split` (evaluators/final.py)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, model_config: ModelConfig):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path,
+               model_config: ModelConfig, start_step: int):
     self.config = config
     self.workdir = workdir
     self.model_config = model_config
-    self.best = -np.inf
+    # A resumed run keeps the best value its history reached (start_step: where it resumed).
+    self.selection = final_eval.Selection(workdir, str(config.data.eval_split),
+                                          str(config.train.best_metric), start_step)
     self._scorer: PromptIQA | None = None
 
   def _load(self, state: TrainState) -> tuple[PromptIQA, dict[str, Any]]:
@@ -253,29 +221,50 @@ class TrainingEvaluation:
     return self._scorer, variables
 
   def periodic(self, state: TrainState, step: int) -> dict[str, Any]:
-    """Evaluates on the eval split; exports the model if it is the best so far."""
+    """Evaluates on the eval split (WORKDIR/eval/step_<step>.json and plots); exports the model if
+    it is the best so far."""
     scorer, variables = self._load(state)
     result = evaluators.evaluate(scorer, self.config.data, self.config.eval,
                                  split=self.config.data.eval_split, step=step,
-                                 out_dir=self.workdir, plots=False)
+                                 out_dir=self.workdir, name=f"step_{step}")
     value = metric_at(result, self.config.train.best_metric)
-    if jax.process_index() == 0 and np.isfinite(value) and value > self.best:
-      self.best = value
-      checkpoint.export_model(os.path.join(self.workdir, "best_model"), variables,
-                              self.model_config)
+    # Every process holds the same result, so all of them agree on the best step.
+    if np.isfinite(value) and self.selection.improves(value):
+      if jax.process_index() == 0:
+        checkpoint.export_model(self.workdir / final_eval.DIRECTORIES[final_eval.BEST_MODEL],
+                                variables, self.model_config)
+      self.selection.record(step, value, write=jax.process_index() == 0)
     return result
 
-  def finish(self, state: TrainState, step: int) -> None:
-    """Exports the final model and, with `config.train.final_eval`, evaluates it."""
+  def finish(self, state: TrainState, step: int) -> dict[str, dict[str, Any]]:
+    """Exports the final model and, with `config.train.final_eval`, evaluates it and the best model
+    (when one was exported) on the final split, each as WORKDIR/eval/<label>.json, both in
+    WORKDIR/eval/final.json with the table printed (evaluators/final.py). Returns
+    {label: result} ({} without final_eval)."""
     scorer, variables = self._load(state)
     if jax.process_index() == 0:
-      checkpoint.export_model(os.path.join(self.workdir, "model"), variables, self.model_config)
-    if self.config.train.get("final_eval", True):
-      result = evaluators.evaluate(scorer, self.config.data, self.config.eval,
-                                   split=self.config.train.final_split, step=step,
-                                   out_dir=self.workdir, name="final")
-      if jax.process_index() == 0:
-        print(evaluators.report.format_table(result), flush=True)
+      checkpoint.export_model(self.workdir / "model", variables, self.model_config)
+    if not self.config.train.get("final_eval", True):
+      return {}
+    best = self.selection.best
+    steps = {final_eval.FINAL_MODEL: step}
+    # _load gathered the state from every process, so process 0's exports are complete.
+    if (self.workdir / final_eval.DIRECTORIES[final_eval.BEST_MODEL]
+        / checkpoint.CONFIG_FILE).exists():
+      steps[final_eval.BEST_MODEL] = best["step"] if best else None
+    results = {}
+    for label, model_step in steps.items():
+      if label != final_eval.FINAL_MODEL:
+        scorer.variables = checkpoint.load_model(self.workdir / final_eval.DIRECTORIES[label])[0]
+      results[label] = evaluators.evaluate(scorer, self.config.data, self.config.eval,
+                                           split=self.config.train.final_split, step=model_step,
+                                           out_dir=self.workdir, name=label)
+    if jax.process_index() == 0:
+      combined = final_eval.combine(results, final_eval.loaded_label(self.workdir),
+                                    self.selection.describe())
+      evaluators.report.write_results(combined, self.workdir, "final")
+      print(final_eval.format_table(combined), flush=True)
+    return results
 
 
 def _state_layout(create_state: Callable[[], TrainState], mesh: jax.sharding.Mesh,
@@ -297,41 +286,106 @@ def _save_last(manager: Any, state: TrainState, iterator: Any,
   manager.wait_until_finished()
 
 
-def _train_loop(config: ml_collections.ConfigDict, workdir: str, model_config: ModelConfig,
-                state: TrainState, train_step: Callable, stream: Any, iterator: Any,
-                manager: Any, mesh: jax.sharding.Mesh) -> TrainState:
+def _log_step(writer: observe.MetricsWriter, progress: observe.Progress, step: int,
+              metrics: dict[str, jax.Array], steps_per_epoch: int) -> None:
+  """The step's metrics (fetched first: the rates need the device done), rates, epoch and device
+  memory to the metrics files, and the progress line."""
+  record = {**jax.device_get(metrics), **progress.measure(step), "epoch": step / steps_per_epoch,
+            **observe.device_memory()}
+  writer.write(step, record, progress.line(step, record))
+
+
+def _log_evaluation(writer: observe.MetricsWriter, workdir: epath.Path, step: int, prefix: str,
+                    name: str, result: dict[str, Any]) -> None:
+  """An evaluation's metrics and its scatter plots (those written) to TensorBoard, as
+  "<prefix>/<section>/<dataset>/<metric>" and "<prefix>/plots/<dataset>"."""
+  if not writer.active:
+    return
+  scalars = {"/".join(observe.tag_safe(part) for part in key): value
+             for key, value in evaluators.report.scalars(result).items()}
+  plots = {f"plots/{observe.tag_safe(dataset)}": evaluators.report.plot_path(workdir, dataset, name)
+           for dataset in result.get("datasets", {})}
+  writer.write_evaluation(step, prefix, scalars,
+                          {tag: path for tag, path in plots.items() if path.exists()})
+
+
+def _train_loop(config: ml_collections.ConfigDict, workdir: epath.Path, state: TrainState,
+                train_step: Callable, stream: Any, iterator: Any, manager: Any,
+                mesh: jax.sharding.Mesh, evaluation: TrainingEvaluation) -> TrainState:
   """Steps from `state` to the last step, with metrics, checkpoints and evaluations on the way;
-  exits the process after saving once any process got SIGTERM."""
+  exits the process after saving once a SIGTERM reached any process (every process stops after
+  the same step)."""
   num_steps = int(config.train.num_steps)
   if num_steps <= 0:
     num_steps = int(config.optim.epochs) * stream.steps_per_epoch
   step = int(jax.device_get(state.step))
-  writer = MetricsWriter(workdir, step)
-  evaluation = TrainingEvaluation(config, workdir, model_config)
-  throughput = _Throughput(stream.groups_per_batch * stream.group_size, step)
-  preemption = _Preemption()
+  writer = observe.MetricsWriter(workdir, step)
+  progress = observe.Progress(num_steps, step, stream.groups_per_batch * stream.group_size)
+  profiler = observe.Profiler(str(config.train.profile_steps), workdir)
+  stop = preemption.StopSignal(step)
+  eval_every = int(config.train.eval_every)
   try:
     while step < num_steps:
+      profiler.before(step)
       state, metrics = train_step(state, sharding.global_batch(next(iterator), mesh))
       step += 1
+      with progress.paused():  # writing a trace takes seconds
+        profiler.after(step, metrics)
       if step % int(config.train.log_every) == 0 or step == num_steps:
-        writer.write(step, {**jax.device_get(metrics), "images_per_s": throughput.measure(step),
-                            "epoch": step / stream.steps_per_epoch})
+        _log_step(writer, progress, step, metrics, stream.steps_per_epoch)
       if step % int(config.train.checkpoint_every) == 0:
-        checkpoint.save_checkpoint(manager, state, iterator, config)
-      if int(config.train.eval_every) > 0 and step % int(config.train.eval_every) == 0:
-        evaluation.periodic(state, step)
-      if preemption.any_process():
+        with progress.paused():
+          checkpoint.save_checkpoint(manager, state, iterator, config)
+          # The events of every step a restart keeps, so that TensorBoard shows each step once.
+          writer.flush()
+      if eval_every > 0 and step % eval_every == 0:
+        with progress.paused():
+          result = evaluation.periodic(state, step)
+          _log_evaluation(writer, workdir, step, f"eval/{evaluation.config.data.eval_split}",
+                          f"step_{step}", result)
+      if stop.reached(step):
         _save_last(manager, state, iterator, config, step)
         logging.warning("saved step %d after SIGTERM; exiting", step)
         iterator.close()
         sys.exit(0)
+    stop.close()
+    _save_last(manager, state, iterator, config, step)
+    iterator.close()
+    for label, result in evaluation.finish(state, step).items():
+      _log_evaluation(writer, workdir, step, f"final/{config.train.final_split}/{label}", label,
+                      result)
   finally:
-    preemption.close()
-  _save_last(manager, state, iterator, config, step)
-  iterator.close()
-  evaluation.finish(state, step)
+    stop.close()
+    profiler.stop()
+    writer.close()
   return state
+
+
+def use_compilation_cache(directory: str) -> None:
+  """Keeps compiled programs in `directory` (local or gs://) for later starts; "" changes nothing.
+
+  Every program is kept, however fast it compiled or small it is, so that the CPU's training step
+  is too. JAX checks its cache settings once per process; they are checked again here, for a
+  process (a notebook) that compiled before.
+  """
+  if not directory:
+    return
+  jax.config.update("jax_compilation_cache_dir", str(storage.path(directory)))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  compilation_cache.reset_cache()
+
+
+def _with_local_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config`, or for a bucket data_dir a copy reading the datasets the run needs from their local
+  mirror (sources.local_data_config)."""
+  names = list(config.data.train) + (list(config.data.eval) if _evaluates(config) else [])
+  data = sources.local_data_config(config.data, names)
+  if data is config.data:
+    return config
+  local = config.copy_and_resolve_references()
+  local.data = data
+  return local
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -339,12 +393,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # Optional here: grain (the input pipeline) loads only once training starts.
   from promptiqa_jax.data import train_stream
 
-  workdir = os.path.abspath(workdir)
+  use_compilation_cache(str(config.train.compilation_cache_dir))
+  workdir = storage.path(workdir)
   mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.fsdp))
   validate_config(config, mesh.size)
+  # The run reads its data through `run_config`; checkpoints and config.json keep `config`.
+  run_config = _with_local_data(config)
   model_config = model_config_of(config)
   model = PromptIQANet(model_config)
-  stream = train_stream(config.data, jax.process_index(), jax.process_count())
+  stream = train_stream(run_config.data, jax.process_index(), jax.process_count())
   tx, schedule = build_optimizer(config.optim, stream.steps_per_epoch, trainable_fn(model_config))
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(int(config.train.seed)))
 
@@ -358,9 +415,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                                   int(config.mesh.fsdp_min_size))
   train_step = jit_train_step(make_train_step(model, tx, schedule), mesh, state_shardings)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+    storage.write_text(workdir / "config.json", config.to_json(indent=2))
   manager = checkpoint.checkpoint_manager(
       workdir, int(config.train.keep_checkpoints),
       asynchronous=bool(config.train.get("async_checkpointing", True)))
@@ -370,5 +425,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     logging.warning("resumed from step %d", int(state.step))
   else:
     state = jax.jit(create_state, out_shardings=state_shardings)()
-  return _train_loop(config, workdir, model_config, state, train_step, stream, iterator, manager,
-                     mesh)
+  return _train_loop(config, workdir, state, train_step, stream, iterator, manager, mesh,
+                     TrainingEvaluation(run_config, workdir, model_config,
+                                        int(jax.device_get(state.step))))

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import jax
 import ml_collections
@@ -307,3 +308,122 @@ def test_summary_splits_heldout_requirements_by_family():
     assert out[f"{group}_constant_srcc"] is None
   assert out["train_requirements_own_srcc"] == pytest.approx(
       0.01 * np.mean([names.index(n) for n in groups["train_requirements"]]))
+
+
+# config.eval.release_prompt_flips: the release's per-batch flipped prompt (release_prompts.py).
+
+
+def release_flips(seed, name, num_batches, prompt_size):
+  """The rule as the module docstring states it, typed out: one draw per prompt image and batch."""
+  rng = np.random.default_rng([seed, 7, zlib.crc32(name.encode("utf-8"))])
+  return rng.random((num_batches, prompt_size)) < 0.5
+
+
+def _train_images(data_dir, name, indices, size):
+  source = sources.open_dataset(name, "train", data_dir)
+  return np.stack([sources.load_image(source, record, int(index), size)
+                   for record, index in zip(source.read(indices), indices)])
+
+
+def _test_images(data_dir, name, size):
+  source = sources.open_dataset(name, "test", data_dir)
+  return np.stack([sources.load_image(source, record, index, size)
+                   for index, record in enumerate(source.read(range(len(source))))])
+
+
+class FlipSpy:
+  """A FeatureModel whose features tell an image from its flips (means of the top, bottom and left
+  halves) and that notes every prompt it encodes and every batch it scores."""
+
+  def __init__(self):
+    self.encoded = []  # prompt features [P, 3], in encoding order
+    self.scored = []  # (query features [n, 3], the encoding's index)
+
+  def image_features(self, images):
+    images = np.asarray(images, np.float32)
+    h, w = images.shape[1] // 2, images.shape[2] // 2
+    return np.stack([images[:, :h].mean((1, 2, 3)), images[:, h:].mean((1, 2, 3)),
+                     images[:, :, :w].mean((1, 2, 3))], -1)
+
+  def encode_prompt_features(self, features, scores):
+    self.encoded.append(np.array(features))
+    return len(self.encoded) - 1
+
+  def score_features(self, features, prompt):
+    self.scored.append((np.array(features), prompt))
+    return np.asarray(features, np.float64) @ self.encoded[prompt].mean(0)
+
+
+@pytest.mark.parametrize("flip, axis", [("vertical", 0), ("horizontal", 1), ("none", None)])
+def test_release_prompt_flips_follow_the_release_rule(fake_data_dir, flip, axis):
+  """Each evaluated batch is scored with the prompt re-encoded from its images, each flipped as
+  training flips it (config.data.flip) where the seeded draw for that batch says so."""
+  name = "fake_iqa_a"
+  config = data_config(fake_data_dir, eval=[name], eval_batch_size=2, flip=flip, seed=3)
+  model = FlipSpy()
+  result = evaluators.evaluate(model, config, ml_collections.ConfigDict(
+      {"release_prompt_flips": True}), split="test")
+
+  indices = np.asarray(result["prompts"][name]["indices"])
+  np.testing.assert_array_equal(indices, prompts_lib.select_prompt(_truth(fake_data_dir, name,
+                                                                          "train"), 5))
+  flips = release_flips(3, name, 4, 5)  # 7 test records in batches of 2
+  assert flips.any() and not flips.all()  # a mix, as the release's p = 0.5 gives
+  np.testing.assert_array_equal(result["prompts"][name]["flips"], flips)
+  assert result["prompt"]["release_prompt_flips"] is True
+  images = _train_images(fake_data_dir, name, indices, config.image_size)
+  upright = model.image_features(images)
+  turned = model.image_features(images if axis is None else np.flip(images, axis + 1))
+  assert (axis is None) == np.allclose(upright, turned)
+  assert len(model.encoded) == len(model.scored) == 4
+  test_images = _test_images(fake_data_dir, name, config.image_size)
+  for batch, row in enumerate(flips):
+    np.testing.assert_allclose(model.encoded[batch], np.where(row[:, None], turned, upright))
+    queries, prompt = model.scored[batch]
+    assert prompt == batch
+    np.testing.assert_allclose(queries, model.image_features(test_images[2 * batch:2 * batch + 2]))
+
+
+def test_without_release_prompt_flips_the_prompt_is_encoded_once_upright(fake_data_dir):
+  config = data_config(fake_data_dir, eval=["fake_iqa_a"], eval_batch_size=2)
+  results = []
+  for settings in (None, ml_collections.ConfigDict({"release_prompt_flips": False})):
+    model = FlipSpy()
+    results.append(evaluators.evaluate(model, config, settings, split="test"))
+    indices = results[-1]["prompts"]["fake_iqa_a"]["indices"]
+    assert len(model.encoded) == 1 and len(model.scored) == 1
+    np.testing.assert_allclose(model.encoded[0], model.image_features(
+        _train_images(fake_data_dir, "fake_iqa_a", indices, config.image_size)))
+  assert "flips" not in results[0]["prompts"]["fake_iqa_a"]
+  assert json.dumps(report.jsonable(results[0])) == json.dumps(report.jsonable(results[1]))
+
+
+def test_release_prompt_flips_on_a_real_model(fake_data_dir, small_model):
+  """Deterministic for a seed, different across seeds; each batch's predictions are the model's
+  scores under the prompt encoded from that batch's flipped images; off, the seed is not used."""
+  name = "fake_iqa_a"
+
+  def own(seed, flips):
+    settings = common.eval_settings(ml_collections.ConfigDict({"release_prompt_flips": flips}))
+    ctx = common.EvalContext(small_model, _small_config(fake_data_dir, eval=[name], seed=seed),
+                             settings, "test")
+    return ctx.own_predictions(name), ctx
+
+  on, ctx = own(0, True)
+  np.testing.assert_array_equal(own(0, True)[0], on)
+  assert not np.array_equal(own(1, True)[0], on)
+  off = own(0, False)[0]
+  np.testing.assert_array_equal(own(1, False)[0], off)
+  assert not np.array_equal(off, on)
+
+  prompt = ctx.prompts[name]
+  images = _train_images(fake_data_dir, name, prompt.indices, 16)
+  test_images = _test_images(fake_data_dir, name, 16)
+  flips = ctx.prompt_flips[name]
+  np.testing.assert_array_equal(flips, release_flips(0, name, 2, 5))  # 7 records, batches of 4
+  for batch, row in enumerate(flips):
+    flipped = np.where(row[:, None, None, None], np.flip(images, 1), images)
+    encoded = small_model.encode_prompt(flipped, prompt.scores)
+    np.testing.assert_allclose(on[4 * batch:4 * batch + 4],
+                               small_model.score(test_images[4 * batch:4 * batch + 4], encoded),
+                               rtol=1e-5, atol=1e-6)

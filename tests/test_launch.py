@@ -6,7 +6,8 @@ for STEPS steps. One uninterrupted single-process run is the reference for: two 
 launch/local.sh (the same global batch: the losses must agree to float32 rounding), a run killed
 with SIGKILL and restarted, a run stopped with SIGTERM and restarted (both must end bitwise equal
 to the reference, with one metrics record per step), and the evaluation program in two processes
-(the reference's own final evaluation). The subprocesses share a persistent compilation cache, so
+(the reference's own final evaluation). Two processes of which one gets SIGTERM must stop after
+the same step with a complete checkpoint. The subprocesses share a persistent compilation cache, so
 only the first run of each device layout pays for compiling.
 
 The shell logic of the launchers is tested with stand-ins for python, gcloud and srun.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -40,9 +42,10 @@ def run_env(tmp_path_factory) -> dict[str, str]:
   return env
 
 
-def train_args(data_dir: str, workdir: str, final_eval: bool = False) -> list[str]:
+def train_args(data_dir: str, workdir: str, final_eval: bool = False,
+               steps: int = STEPS) -> list[str]:
   return [f"--config=tests/smoke_config.py:{data_dir}", f"--workdir={workdir}",
-          f"--config.train.num_steps={STEPS}",
+          f"--config.train.num_steps={steps}",
           f"--config.train.checkpoint_every={CHECKPOINT_EVERY}",
           "--config.train.keep_checkpoints=10", f"--config.train.final_eval={final_eval}"]
 
@@ -210,6 +213,47 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(smoke_data_dir, run_env,
+                                                                 tmp_path):
+  """SIGTERM to process 1 alone: JAX's preemption sync manager (no collective per step) stops both
+  processes after the same step, each saving its part of one complete checkpoint there; a restart
+  through launch/local.sh resumes from it. More steps than the other runs: the notice takes about
+  a second to go round."""
+  steps = 40
+  workdir = str(tmp_path / "two_terminated")
+  port = free_port()
+  logs = [str(tmp_path / f"process_{i}.log") for i in range(2)]
+  processes = [start([sys.executable, "-m", "promptiqa_jax.train",
+                      *train_args(smoke_data_dir, workdir, steps=steps),
+                      f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                      f"--process_id={i}"], run_env, log) for i, log in enumerate(logs)]
+  try:
+    wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl")), processes[1],
+             "the first step")
+    processes[1].send_signal(signal.SIGTERM)
+    for process, log in zip(processes, logs):
+      finish(process, log)
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  saved = []
+  for log in logs:
+    with open(log) as f:
+      saved += [int(n) for n in re.findall(r"saved step (\d+) after SIGTERM", f.read())]
+  assert len(saved) == 2 and saved[0] == saved[1] < steps, saved
+  stopped_at = saved[0]
+  assert checkpoint_steps(workdir)[-1] == stopped_at
+  assert metrics(workdir)[-1]["step"] == stopped_at
+  log = str(tmp_path / "resumed.log")
+  finish(start([os.path.join(REPO, "launch", "local.sh"), "2",
+                *train_args(smoke_data_dir, workdir, steps=steps)], run_env, log), log)
+  with open(log) as f:
+    assert f.read().count(f"resumed from step {stopped_at}") == 2
+  assert [r["step"] for r in metrics(workdir)] == list(range(1, steps + 1))
+
+
 def flat_json(tree, path: str = "") -> dict:
   """A JSON tree as {path: leaf}."""
   if isinstance(tree, (dict, list)):
@@ -221,7 +265,8 @@ def flat_json(tree, path: str = "") -> dict:
 @pytest.mark.slow
 def test_evaluation_program_in_two_processes(reference, smoke_data_dir, run_env, tmp_path):
   """`python -m promptiqa_jax.evaluate` as two processes joined as training's are, each
-  featurising half of every split: the result is the reference run's own final evaluation."""
+  featurising half of every split: the result is the reference run's own final evaluation of its
+  final model (eval/final_model.json)."""
   port = free_port()
   logs = [str(tmp_path / f"process_{i}.log") for i in range(2)]
   processes = [start([sys.executable, "-m", "promptiqa_jax.evaluate",
@@ -238,7 +283,7 @@ def test_evaluation_program_in_two_processes(reference, smoke_data_dir, run_env,
         process.kill()
   with open(logs[1]) as f:
     assert "process 1 of 2" in f.read()
-  with open(os.path.join(reference, "eval", "final.json")) as f:
+  with open(os.path.join(reference, "eval", "final_model.json")) as f:
     final = json.load(f)
   with open(tmp_path / "eval" / "final.json") as f:
     evaluated = json.load(f)
@@ -313,7 +358,8 @@ def test_tpu_pod_launcher_runs_the_program_on_every_worker(tmp_path):
   env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", TPU_NAME="pod", ZONE="z1",
              PROJECT="proj")
   subprocess.run([os.path.join(REPO, "launch", "tpu_pod.sh"), "--config", "configs/paper.py",
-                  "--workdir", "/mnt/run dir", "--config.data.groups_per_batch=32"],
+                  "--workdir", "/mnt/run dir", "--config.data.data_dir=gs://my-bucket/tfds",
+                  "--config.data.groups_per_batch=32"],
                  env=env, check=True, timeout=30)
   args = (tmp_path / "gcloud_args").read_text().splitlines()
   assert args[:5] == ["compute", "tpus", "tpu-vm", "ssh", "pod"]
@@ -325,6 +371,7 @@ def test_tpu_pod_launcher_runs_the_program_on_every_worker(tmp_path):
   echoed = subprocess.run(["bash", "-c", "printf '%s\\n' " + command.split("--distributed=on ")[1]],
                           capture_output=True, text=True, check=True).stdout.splitlines()
   assert echoed == ["--config", "configs/paper.py", "--workdir", "/mnt/run dir",
+                    "--config.data.data_dir=gs://my-bucket/tfds",
                     "--config.data.groups_per_batch=32"]
 
 

@@ -170,6 +170,106 @@ def test_evaluation_datasets_are_checked_only_when_evaluating(smoke):
     trainer.validate_config(smoke, device_count=1)
 
 
+def test_vit_without_pretrained_weights_refuses_to_start(tmp_path):
+  """A ViT backbone with neither init.pretrained_vit nor init.checkpoint stops the run before it
+  compiles or writes anything, naming the field and the file the reference starts from;
+  init.random_vit (set by the tiny smoke model, never by the paper's) lets it start."""
+  from promptiqa_jax.models.promptiqa import PromptIQANet
+
+  assert not smoke_config.recipe("paper").get_config("").init.random_vit
+  config = smoke_config.recipe("paper").get_config("smoke")
+  assert config.init.random_vit
+  config.init.random_vit = False
+  config.data.data_dir = str(tmp_path / "no_data")
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError) as raised:
+    trainer.train_and_evaluate(config, str(workdir))
+  message = str(raised.value)
+  assert message.startswith("config.init.pretrained_vit is empty")
+  for part in ("timm's vit_base_patch8_224", "https://storage.googleapis.com/vit_models/augreg/"
+               "B_8-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-"
+               "lr_0.01-res_224.npz", "--config.init.checkpoint=", "--config.init.random_vit=True"):
+    assert part in message
+  assert not workdir.exists()
+  with pytest.raises(ValueError, match="config.init.pretrained_vit is empty"):
+    trainer.init_variables(PromptIQANet(ModelConfig.tiny()), ModelConfig.tiny(), config.init,
+                           jax.random.key(0), group_size=3)
+  # Each way out passes; the run then stops at its absent data.
+  (tmp_path / "vit.npz").write_bytes(b"")
+  (tmp_path / "model").mkdir()
+  for field, value in (("random_vit", True), ("pretrained_vit", str(tmp_path / "vit.npz")),
+                       ("checkpoint", str(tmp_path / "model"))):
+    allowed = config.copy_and_resolve_references()
+    allowed.init[field] = value
+    with pytest.raises(FileNotFoundError, match="config.data.train: data_dir"):
+      trainer.validate_config(allowed, device_count=1)
+
+
+def test_selection_history_survives_a_resume(tmp_path):
+  from promptiqa_jax.evaluators import final
+
+  selection = final.Selection(tmp_path, "validation", "summary.x", start_step=0)
+  assert selection.best is None and selection.describe() is None and selection.improves(-1e9)
+  selection.record(2, 0.5, write=True)
+  selection.record(4, 0.7, write=True)
+  selection.record(6, 0.9, write=False)  # another process's copy: memory only
+  # Resumed from step 3: the record of step 4 came after that checkpoint and is replayed.
+  resumed = final.Selection(tmp_path, "validation", "summary.x", start_step=3)
+  assert resumed.best == {"step": 2, "value": 0.5}
+  assert resumed.improves(0.6) and not resumed.improves(0.5)
+  assert final.Selection(tmp_path, "validation", "summary.x", start_step=9).best["step"] == 4
+  assert resumed.describe() == {"split": "validation", "metric": "summary.x", "value": 0.5}
+  # A fresh run in the same workdir, or one selecting otherwise, starts over.
+  assert final.Selection(tmp_path, "validation", "summary.x", start_step=0).best is None
+  assert final.Selection(tmp_path, "test", "summary.x", start_step=9).best is None
+
+
+def test_final_evaluation_reports_the_final_and_the_best_model(smoke, tmp_path, capsys):
+  """Both exported models on the test split, each labelled, in eval/final.json, whose top level is
+  the model `score --checkpoint WORKDIR` loads. A constant selection metric (the validation split's
+  record count) keeps the first evaluation's model as best_model, so the two differ."""
+  from promptiqa_jax import checkpoint, evaluators
+  from promptiqa_jax.inference import PromptIQA
+
+  name = smoke.data.eval[0]
+  metric = f"datasets.{name}.n"
+  smoke.train.update(num_steps=2, eval_every=1, best_metric=metric)
+  smoke.eval.evaluators = "per_dataset"  # the controls' sections are carried the same way
+  workdir = tmp_path / "run"
+  trainer.train_and_evaluate(smoke, str(workdir))
+  printed = capsys.readouterr().out
+
+  final = json.loads((workdir / "eval" / "final.json").read_text())
+  count = json.loads((workdir / "eval" / "step_1.json").read_text())["datasets"][name]["n"]
+  assert os.fspath(checkpoint.resolve_model_dir(workdir)) == str(workdir / "best_model")
+  assert final["model"] == "best_model" and final["split"] == "test" and final["step"] == 1
+  models = final["models"]
+  assert list(models) == ["final_model", "best_model"]
+  assert [models[k][f] for k in models for f in ("directory", "step", "selection")] == [
+      "model", 2, None,
+      "best_model", 1, {"split": "validation", "metric": metric, "value": count}]
+  for section in ("datasets", "summary"):
+    assert final[section] == models["best_model"][section], section
+  assert models["final_model"]["datasets"] != models["best_model"]["datasets"]
+  assert json.loads((workdir / "eval" / "selection.json").read_text())["history"] == [
+      {"step": 1, "value": count}]
+
+  # Each model's numbers are its directory's, evaluated afresh.
+  for label, directory in (("final_model", "model"), ("best_model", "best_model")):
+    written = json.loads((workdir / "eval" / f"{label}.json").read_text())
+    assert written["datasets"] == models[label]["datasets"]
+    model = PromptIQA.from_checkpoint(workdir / directory, batch_size=smoke.data.eval_batch_size)
+    again = evaluators.evaluate(model, smoke.data, smoke.eval, split="test", plots=False)
+    for dataset, row in again["datasets"].items():
+      assert models[label]["datasets"][dataset]["plcc"] == pytest.approx(row["plcc"], abs=1e-6)
+    assert evaluators.report.plot_path(workdir, name, label).is_file()
+
+  assert "== final_model: WORKDIR/model, the last step (2)\nEvaluation of final_model" in printed
+  assert (f"== best_model: WORKDIR/best_model, step 1, the best validation {metric} "
+          f"({count:.4f}); `promptiqa-jax score --checkpoint WORKDIR` loads this one\n"
+          "Evaluation of best_model on split 'test' at step 1") in printed
+
+
 # Every evaluator module is a library module too, found by walking the package.
 _IMPORT_AND_LIST_FLAGS = textwrap.dedent("""
     import importlib, json, pkgutil

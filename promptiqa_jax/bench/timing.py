@@ -2,7 +2,7 @@
 
 Each record is the median of `repeats` timed calls after `warmup` calls; the first call (XLA's or
 torch.compile's compilation) is timed apart. MFU is achieved FLOP/s over the device's peak: the
-datasheet for known GPUs, else a large float32 matmul measured here.
+datasheet for known TPUs and GPUs (`datasheet_peak`), else a large float32 matmul measured here.
 """
 from __future__ import annotations
 
@@ -15,10 +15,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Dense peaks (FLOP/s) by compute dtype. float32 on Hopper: JAX's default matmul precision and
-# torch.set_float32_matmul_precision("high") both use TF32 tensor cores (67 TFLOP/s without them).
-DATASHEET_PEAKS = {"H100": {"bfloat16": 989e12, "float32": 495e12},
-                   "H200": {"bfloat16": 989e12, "float32": 495e12}}
+# Dense peaks (FLOP/s) of one JAX device by compute dtype, from the vendors' datasheets. float32
+# is the rate JAX's default matmul precision gets: one bfloat16 pass on a TPU's MXUs, TF32 tensor
+# cores on Ampere and Hopper (as torch.set_float32_matmul_precision("high"); an H100 without them
+# does 67 TFLOP/s). A TPU's kind is one of its names (jax.Device.device_kind spells v5e "TPU v5
+# lite", v5p "TPU v5", v6e "TPU v6 lite"); a GPU's kind contains its name, so the variants come
+# before their family.
+DATASHEET_PEAKS: tuple[tuple[tuple[str, ...], dict[str, float]], ...] = (
+    (("TPU v4",), {"bfloat16": 275e12, "float32": 275e12}),
+    (("TPU v5 lite", "TPU v5e"), {"bfloat16": 197e12, "float32": 197e12}),
+    (("TPU v5", "TPU v5p"), {"bfloat16": 459e12, "float32": 459e12}),
+    (("TPU v6 lite", "TPU v6e"), {"bfloat16": 918e12, "float32": 918e12}),
+    (("A100",), {"bfloat16": 312e12, "float32": 156e12}),
+    (("H100 PCIe",), {"bfloat16": 756e12, "float32": 378e12}),
+    (("H100 NVL", "H200 NVL"), {"bfloat16": 835e12, "float32": 418e12}),
+    (("H100", "H200"), {"bfloat16": 989e12, "float32": 495e12}),
+)
 
 
 def timed(call: Callable[[], Any], warmup: int, repeats: int) -> tuple[float, list[float]]:
@@ -65,12 +77,22 @@ def _proc_status(field: str) -> int | None:
   return None
 
 
+def datasheet_peak(kind: str, dtype: str) -> tuple[float, str] | None:
+  """(dense peak FLOP/s, its source) of a device kind in `dtype`; None for a kind without one
+  (CPUs, "TPU v4 lite", unlisted GPUs)."""
+  for names, peaks in DATASHEET_PEAKS:
+    for name in names:
+      if (kind == name) if name.startswith("TPU") else (name in kind):
+        return peaks[dtype], f"datasheet {name} dense {dtype}"
+  return None
+
+
 def device_peak(dtype: str, n: int = 2048) -> tuple[float, str]:
-  """(peak FLOP/s, where it comes from): the datasheet for known GPUs, else a measured matmul."""
-  kind = jax.devices()[0].device_kind
-  for name, peaks in DATASHEET_PEAKS.items():
-    if name in kind:
-      return peaks[dtype], f"datasheet {name} dense {dtype}"
+  """(peak FLOP/s, where it comes from): the datasheet for known TPUs and GPUs, else a measured
+  matmul."""
+  known = datasheet_peak(jax.devices()[0].device_kind, dtype)
+  if known is not None:
+    return known
   # No vendor figure: the better of XLA's and numpy's float32 n x n matmul, the fastest of 10 (a
   # peak is the best the device does; a median of a few 0.1 s calls on a shared VM came out 40%
   # low once).

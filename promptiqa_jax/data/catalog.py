@@ -2,7 +2,10 @@
 
 Builds go to `data_dir` in TFDS's layout, `<data_dir>/<name>/<config>/<version>/`, as array_record
 files; read them back with `tfds.data_source(f"{name}/{config}", data_dir=data_dir, split=...)` or
-`builder.as_data_source(split)` (no TensorFlow needed).
+`builder.as_data_source(split)` (no TensorFlow needed). A bucket data_dir (gs://) is built in a
+local staging folder, the mirror a later run on this host reads (`sources.mirror_datasets`), and
+uploaded with its dataset_info.json last, so that no reader takes a half-uploaded build for a
+whole one (array_record cannot write to a bucket; see promptiqa_jax.storage).
 """
 from __future__ import annotations
 
@@ -11,8 +14,10 @@ import os
 from typing import Any
 
 import tensorflow_datasets as tfds
+from etils import epath
 
-from promptiqa_jax.data import datasets
+from promptiqa_jax import storage
+from promptiqa_jax.data import datasets, sources
 
 SYNTHETIC = "synthetic_iqa"
 
@@ -24,24 +29,42 @@ def default_data_dir() -> str:
 
 def prepare(name: str, data_dir: str | os.PathLike,
             manual_dir: str | os.PathLike | None, config: str | int = "224",
-            skip_bad_images: bool = False, **options: Any):
+            skip_bad_images: bool = False, cache_dir: str | os.PathLike | None = None,
+            **options: Any):
   """Builds dataset `name` into `data_dir` (a no-op if already built) and returns its builder.
 
   Args:
     name: a key of `datasets.DATASET_MODULES`.
-    data_dir: where TFDS datasets live.
+    data_dir: where TFDS datasets live, a folder or a bucket (gs://...).
     manual_dir: the dataset's root folder as downloaded (the layout in the dataset's module); None
       for `<data_dir>/downloads/manual`. For synthetic_iqa, an optional folder of the user's own
       pristine images.
     config: "224" (images resized to the model input), "full", or a square size such as 32.
     skip_bad_images: leave out, with a warning, images that are absent or undecodable instead of
       failing.
+    cache_dir: for a bucket data_dir, where the local staging copy goes (default
+      `sources.default_cache_dir()`).
     **options: passed to synthetic_iqa's own `prepare`; no other dataset takes any.
 
   Raises:
     iqa_base.LayoutError (a ValueError; iqa_base is in promptiqa_jax.data.datasets) naming the
     missing file, the bad images or the bad score.
   """
+  if not storage.is_remote(data_dir):
+    return _build(name, data_dir, manual_dir, config, skip_bad_images, **options)
+  staging = storage.local_twin(data_dir, cache_dir or sources.default_cache_dir())
+  print(f"building {name} in the local staging folder {staging}", flush=True)
+  builder = _build(name, staging, manual_dir, config, skip_bad_images, **options)
+  relative = os.path.relpath(os.fspath(builder.data_dir), staging)
+  target = f"{os.fspath(data_dir).rstrip('/')}/{relative}"
+  copied = storage.upload_tree(builder.data_dir, target, last=(sources.INFO_FILE,))
+  print(f"uploaded {copied} files to {target}", flush=True)
+  return builder
+
+
+def _build(name: str, data_dir: str | os.PathLike, manual_dir: str | os.PathLike | None,
+           config: str | int, skip_bad_images: bool, **options: Any):
+  """`prepare` into a local `data_dir`."""
   if name == SYNTHETIC:
     return importlib.import_module(datasets.DATASET_MODULES[SYNTHETIC]).prepare(
         data_dir, manual_dir, **options)
@@ -66,7 +89,7 @@ def list_datasets(data_dir: str | os.PathLike) -> list[dict[str, Any]]:
   for name in datasets.DATASET_MODULES:
     cls = datasets.builder_class(name)
     facts = getattr(cls, "FACTS", None)
-    built = _prepared_configs(os.fspath(data_dir), name, str(cls.VERSION))
+    built = _prepared_configs(storage.path(data_dir), name, str(cls.VERSION))
     rows.append({
         "name": name,
         "title": facts.title if facts else None,
@@ -84,12 +107,12 @@ def list_datasets(data_dir: str | os.PathLike) -> list[dict[str, Any]]:
   return rows
 
 
-def _prepared_configs(data_dir: str, name: str, version: str) -> list[str]:
+def _prepared_configs(data_dir: epath.Path, name: str, version: str) -> list[str]:
   """Configs of `name` with a finished build (a dataset_info.json) of `version` in data_dir."""
-  folder = os.path.join(data_dir, name)
-  if os.path.isfile(os.path.join(folder, version, "dataset_info.json")):
+  folder = data_dir / name
+  if (folder / version / sources.INFO_FILE).is_file():
     return ["default"]
-  if not os.path.isdir(folder):
+  if not folder.is_dir():
     return []
-  return sorted(config for config in os.listdir(folder)
-                if os.path.isfile(os.path.join(folder, config, version, "dataset_info.json")))
+  return sorted(config.name for config in folder.iterdir()
+                if (config / version / sources.INFO_FILE).is_file())

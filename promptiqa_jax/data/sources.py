@@ -13,26 +13,37 @@ Builders and requirement tables come from the dataset registry (`promptiqa_jax.d
 the records are read from the built folder (`tfds.builder_from_directory(...).as_data_source`:
 ArrayRecord random access, no TensorFlow) with the image left encoded, so that decoding runs in the
 input pipeline's worker processes.
+
+`data_dir` may be a bucket (gs://). array_record reads local files only (promptiqa_jax.storage), so
+each dataset version folder a run needs is mirrored to a local cache first (`mirror_datasets`;
+`open_split` does it for one folder when handed a bucket), its files checked by size.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
+import ml_collections
 import numpy as np
 
+from promptiqa_jax import storage
 from promptiqa_jax.data import datasets as registry
 from promptiqa_jax.data import preprocess
 from promptiqa_jax.data.requirements import RANDOM_REQUIREMENT, RequirementTable
+
+
+# The file TFDS writes last into a build, and that the mirror and the upload copy last: a folder
+# holding it holds a whole build.
+INFO_FILE = "dataset_info.json"
 
 
 def _check_data_dir(data_dir: str) -> str:
   if not data_dir:
     raise ValueError("config.data.data_dir is empty: set it to the folder the TFDS datasets were "
                      "built into (tfds build --data_dir=...)")
-  data_dir = os.path.expanduser(str(data_dir))
-  if not os.path.isdir(data_dir):
+  data_dir = os.fspath(storage.path(str(data_dir)))
+  if not storage.path(data_dir).is_dir():
     raise FileNotFoundError(f"data_dir {data_dir!r} does not exist: set config.data.data_dir to "
                             "the folder the TFDS datasets were built into (tfds build "
                             "--data_dir=...)")
@@ -43,21 +54,55 @@ def prepared_dir(builder_name: str, data_dir: str, builder_config: str | None = 
   """The folder holding the built version of a dataset: data_dir/name[/config]/version.
 
   The version is the builder code's; FileNotFoundError naming the folder if it is not built there.
+  A gs:// data_dir gives a gs:// folder.
   """
   cls = registry.builder_class(builder_name)
   data_dir = _check_data_dir(data_dir)
   if builder_config is None and getattr(cls, "BUILDER_CONFIGS", None):
     builder_config = (getattr(cls, "DEFAULT_BUILDER_CONFIG_NAME", None)
                       or cls.BUILDER_CONFIGS[0].name)
-  path = os.path.join(data_dir, builder_name, *([builder_config] if builder_config else []),
-                      str(cls.VERSION))
-  if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+  path = "/".join([data_dir, builder_name, *([builder_config] if builder_config else []),
+                   str(cls.VERSION)])
+  if not storage.path(path).joinpath(INFO_FILE).is_file():
     raise FileNotFoundError(
         f"Dataset {builder_name!r} (version {cls.VERSION}"
         f"{', config ' + repr(builder_config) if builder_config else ''}) is not built under "
-        f"{data_dir!r} (no {path}/dataset_info.json); build it first with "
+        f"{data_dir!r} (no {path}/{INFO_FILE}); build it first with "
         f"--data_dir={data_dir} and the array_record file format")
   return path
+
+
+def default_cache_dir() -> str:
+  """Where the datasets of a bucket data_dir are mirrored when config.data.local_cache_dir is
+  empty."""
+  return os.path.join(storage.default_cache_dir(), "datasets")
+
+
+def mirror_datasets(names: Iterable[str], data_dir: str, cache_dir: str | None = None) -> str:
+  """A local data_dir holding the built folder of every config dataset name in `names`, copied
+  from the bucket `data_dir` into `cache_dir` (default `default_cache_dir()`); `data_dir` itself
+  when it is local."""
+  if not storage.is_remote(str(data_dir)):
+    return str(data_dir)
+  cache_dir = cache_dir or default_cache_dir()
+  for builder_name, builder_config in sorted({registry.parse_name(n)[:2] for n in names},
+                                             key=str):
+    folder = prepared_dir(builder_name, data_dir, builder_config)
+    print(f"mirroring {folder} to {storage.local_twin(folder, cache_dir)}", flush=True)
+    storage.mirror_tree(folder, cache_dir, last=(INFO_FILE,))
+  return storage.local_twin(data_dir, cache_dir)
+
+
+def local_data_config(data: ml_collections.ConfigDict,
+                      names: Iterable[str]) -> ml_collections.ConfigDict:
+  """`data` (a config's data section) reading the datasets `names` from local files: a copy with
+  data_dir set to their mirror (`mirror_datasets`, into data.local_cache_dir) for a bucket, else
+  `data` itself."""
+  if not storage.is_remote(str(data.data_dir)):
+    return data
+  local = data.copy_and_resolve_references()
+  local.data_dir = mirror_datasets(names, str(data.data_dir), data.get("local_cache_dir") or None)
+  return local
 
 
 def open_split(builder_name: str, split: str, data_dir: str,
@@ -70,7 +115,10 @@ def open_split(builder_name: str, split: str, data_dir: str,
   """
   import tensorflow_datasets as tfds  # Heavy; only needed once a dataset is opened.
 
-  builder = tfds.builder_from_directory(prepared_dir(builder_name, data_dir, builder_config))
+  folder = prepared_dir(builder_name, data_dir, builder_config)
+  if storage.is_remote(folder):
+    folder = storage.mirror_tree(folder, default_cache_dir(), last=(INFO_FILE,))
+  builder = tfds.builder_from_directory(folder)
   splits = builder.info.splits
   if split.split("[")[0] not in splits:
     raise ValueError(f"Dataset {builder_name!r} has no split {split!r}; its splits: "

@@ -15,8 +15,9 @@ Evaluators, chosen by `config.eval.evaluators`, one module each, add named secti
   supervised_ceiling   ridge regression on the same model's image features (supervised_ceiling.py)
 
 and the result gets a "summary" of means (`summary.summarize`). common.py holds what they share
-(settings, the feature cache, the context); report.py the files and the table. A new evaluator is
-a module with an `Evaluator` subclass, added to EVALUATORS.
+(settings, the feature cache, the context); report.py the files and the table; release_prompts.py
+the release's per-batch flipped prompt; final.py a training run's final evaluation of both of its
+models. A new evaluator is a module with an `Evaluator` subclass, added to EVALUATORS.
 
 config.eval fields (all optional; `common.eval_settings` fills the defaults):
   evaluators         "auto" (per_dataset, plus prompt_controls and supervised_ceiling when an
@@ -28,6 +29,10 @@ config.eval fields (all optional; `common.eval_settings` fills the defaults):
   ceiling_penalties  (1e-6, ..., 1e3): per-sample ridge penalties tried
   logistic_plcc      False: also report "plcc_logistic" (4-parameter logistic fit, then Pearson)
   plots              True: write the scatter plots (evaluate's `plots` argument overrides it)
+  release_prompt_flips  False: own-prompt predictions as the release makes them, each evaluated
+                     batch with the prompt re-encoded from images flipped by a fresh seeded draw
+                     (release_prompts.py); the result's "prompt" and "prompts" then record the
+                     flips
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ from promptiqa_jax.evaluators.common import (EvalContext, Evaluator, FeatureMode
 from promptiqa_jax.evaluators.per_dataset import PerDataset
 from promptiqa_jax.evaluators.prompt_controls import PromptControls
 from promptiqa_jax.evaluators.supervised_ceiling import SupervisedCeiling
+from promptiqa_jax.data import sources
 from promptiqa_jax.inference import PromptIQA
 
 EVALUATORS: dict[str, type[Evaluator]] = {
@@ -91,6 +97,12 @@ def evaluate(model: FeatureModel, data_config: Any, eval_config: Any | None = No
   for evaluator in chosen:
     for dataset in evaluator.train_feature_names(ctx):
       ctx.features.full(dataset, ctx.train_split)
+  # Then the evaluated split's, the slow part, with a progress line per dataset.
+  for index, dataset in enumerate(ctx.names, 1):
+    ctx.eval_features(dataset)
+    if jax.process_index() == 0:
+      print(f"evaluating {split}: {index}/{len(ctx.names)} {dataset} "
+            f"({time.time() - start:.1f} s)", flush=True)
   result: dict[str, Any] = {
       "step": step, "split": split,
       "prompt": {"split": ctx.train_split, "size": int(data_config.prompt_size),
@@ -101,6 +113,10 @@ def evaluate(model: FeatureModel, data_config: Any, eval_config: Any | None = No
   result["summary"] = summary.summarize(result)
   result["prompts"] = {n: {"indices": p.indices, "scores": p.scores}
                        for n, p in ctx.prompts.items()}
+  if settings.release_prompt_flips:
+    result["prompt"]["release_prompt_flips"] = True
+    for n, flips in ctx.prompt_flips.items():
+      result["prompts"][n]["flips"] = flips
   logging.info("Evaluated %d datasets on %s in %.1f s", len(ctx.names), split, time.time() - start)
 
   if out_dir is not None and jax.process_index() == 0:
@@ -121,7 +137,8 @@ def evaluate_checkpoint(config: Any, workdir: str | os.PathLike,
   table (process 0). Returns the result."""
   model = PromptIQA.from_checkpoint(checkpoint or workdir,
                                     batch_size=int(config.data.eval_batch_size))
-  result = evaluate(model, config.data, config.get("eval"), split=split, step=step,
+  data = sources.local_data_config(config.data, config.data.eval)
+  result = evaluate(model, data, config.get("eval"), split=split, step=step,
                     out_dir=workdir, name=name, plots=plots)
   if jax.process_index() == 0:
     print(report.format_table(result))

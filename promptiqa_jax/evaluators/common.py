@@ -19,9 +19,11 @@ from jax.experimental import multihost_utils
 
 from promptiqa_jax import metrics as metrics_lib
 from promptiqa_jax.data import datasets as dataset_registry
+from promptiqa_jax.data import pipeline
 from promptiqa_jax.data import prompts as prompts_lib
 from promptiqa_jax.data import sources
 from promptiqa_jax.data.requirements import RANDOM_REQUIREMENT
+from promptiqa_jax.evaluators import release_prompts
 
 EVAL_DEFAULTS = {
     "evaluators": "auto",
@@ -30,6 +32,7 @@ EVAL_DEFAULTS = {
     "ceiling_penalties": tuple(10.0 ** k for k in range(-6, 4)),
     "logistic_plcc": False,
     "plots": True,
+    "release_prompt_flips": False,
 }
 CONTROLS_ON = ("heldout", "all")
 
@@ -81,11 +84,13 @@ def is_heldout(name: str) -> bool:
 
 
 class FeatureCache:
-  """Image features `[D]` of dataset records, computed at most once per (records, split, index).
+  """Image features `[D]` of dataset records, computed at most once per (records, split, index,
+  orientation).
 
   `full` featurises a whole split through the evaluation batches (sharded over processes, then
-  gathered); `rows` featurises the records it is asked for that are not known yet. Call `full`
-  for a split before `rows` on it, or the rows asked before are featurised a second time.
+  gathered); `rows` featurises the records it is asked for that are not known yet, upright or
+  flipped. Call `full` for a split before `rows` on it, or the rows asked before are featurised a
+  second time.
   """
 
   def __init__(self, model: FeatureModel, data_config: Any, records: dict[Any, Any]):
@@ -105,18 +110,23 @@ class FeatureCache:
                    time.time() - start)
     return self._full[key]
 
-  def rows(self, name: str, split: str, indices: Sequence[int]) -> np.ndarray:
-    """Features `[len(indices), D]` of the records at `indices` of `split`."""
+  def rows(self, name: str, split: str, indices: Sequence[int],
+           flip: str = "none") -> np.ndarray:
+    """Features `[len(indices), D]` of the records at `indices` of `split`, their images flipped
+    as training flips them with config.data.flip = `flip` ("none": upright)."""
     key = (records_key(name), split)
-    if key in self._full:
+    axis = pipeline.FLIP_AXES[flip]
+    if axis is None and key in self._full:
       return self._full[key][np.asarray(indices, np.int64)]
-    known = self._rows.setdefault(key, {})
+    known = self._rows.setdefault(key + (axis,), {})
     missing = sorted({int(i) for i in indices} - set(known))
     if missing:
       source = sources.open_dataset(name, split, self._config.data_dir, self._records)
       size = int(self._config.image_size)
       images = np.stack([sources.load_image(source, record, index, size)
                          for record, index in zip(source.read(missing), missing)])
+      if axis is not None:
+        images = np.flip(images, axis + 1)  # FLIP_AXES index [H, W, 3]; these are [n, H, W, 3]
       for index, row in zip(missing, np.asarray(self._model.image_features(images))):
         known[index] = row
     return np.stack([known[int(i)] for i in indices])
@@ -184,6 +194,9 @@ class EvalContext:
     self._scores: dict[tuple[str, str], np.ndarray] = {}
     self.prompts: dict[str, DatasetPrompt] = {}  # the prompts drawn so far
     self.predictions: dict[str, np.ndarray] = {}  # own-prompt predictions [N] per dataset
+    # With config.eval.release_prompt_flips: per dataset, which prompt images each evaluated
+    # batch flipped, bool [batches, P] (release_prompts).
+    self.prompt_flips: dict[str, np.ndarray] = {}
 
   def _check(self) -> None:
     """ValueError, naming the config field, for evaluations that cannot run."""
@@ -255,11 +268,28 @@ class EvalContext:
     return np.asarray(self.model.score_features(self.eval_features(name), encoded), np.float64)
 
   def own_predictions(self, name: str) -> np.ndarray:
-    """Predictions `[N]` under the dataset's own prompt."""
+    """Predictions `[N]` under the dataset's own prompt: encoded once, upright, or with
+    config.eval.release_prompt_flips as the release uses it (`_release_predictions`)."""
     if name not in self.predictions:
       prompt = self.prompt(name)
-      self.predictions[name] = self.predict(name, prompt.features, prompt.scores)
+      if self.settings.release_prompt_flips:
+        self.predictions[name] = self._release_predictions(name, prompt)
+      else:
+        self.predictions[name] = self.predict(name, prompt.features, prompt.scores)
     return self.predictions[name]
+
+  def _release_predictions(self, name: str, prompt: DatasetPrompt) -> np.ndarray:
+    """Predictions `[N]`, each evaluated batch scored with the prompt re-encoded with its images
+    flipped by a fresh seeded draw (release_prompts)."""
+    config = self.data_config
+    features = self.eval_features(name)
+    batch_size = int(config.eval_batch_size)
+    flips = release_prompts.flip_draws(int(config.seed), name, -(-len(features) // batch_size),
+                                       len(prompt.indices))
+    self.prompt_flips[name] = flips
+    flipped = self.features.rows(name, self.train_split, prompt.indices, str(config.flip))
+    return release_prompts.predict(self.model, features, prompt.features, flipped, prompt.scores,
+                                   flips, batch_size)
 
   def metrics(self, pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
     """Quality metrics of predictions `[N]` against ground truth `[N]` (see metrics_lib)."""

@@ -1,7 +1,7 @@
 """The report of an evaluation: the JSON file, the scatter plots and the text table.
 
 Files (written by process 0): WORKDIR/eval/<name>.json (NaN written as null) and
-WORKDIR/eval/plots/<dataset>_<name>.png.
+WORKDIR/eval/plots/<dataset>_<name>.png, the workdir local or in a bucket (gs://).
 """
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import json
 import math
 import os
 import re
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+from etils import epath
 
+from promptiqa_jax import storage
 from promptiqa_jax.evaluators.common import EvalContext
 
 # Where the files go under the workdir.
@@ -41,24 +43,19 @@ def jsonable(value: Any) -> Any:
 
 
 def write_results(result: dict[str, Any], out_dir: str | os.PathLike, name: str) -> str:
-  """Writes `result` to out_dir/eval/<name>.json (atomically; NaN as null); returns the path."""
-  folder = os.path.join(os.fspath(out_dir), EVAL_DIR)
-  os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, f"{name}.json")
-  # Readers (a dashboard, a sweep script) may poll the file while training writes the next one.
-  temporary = path + ".tmp"
-  with open(temporary, "w") as f:
-    json.dump(jsonable(result), f, indent=2, allow_nan=False)
-  os.replace(temporary, path)
-  return path
+  """Writes `result` to out_dir/eval/<name>.json (NaN as null); returns the path."""
+  path = storage.path(out_dir) / EVAL_DIR / f"{name}.json"
+  # Atomically: readers (a dashboard, a sweep script) may poll the file while training writes the
+  # next one.
+  storage.write_text(path, json.dumps(jsonable(result), indent=2, allow_nan=False))
+  return os.fspath(path)
 
 
 def _file_safe(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def scatter_plot(pred: np.ndarray, target: np.ndarray, title: str,
-                 path: str | os.PathLike) -> None:
+def scatter_plot(pred: np.ndarray, target: np.ndarray, title: str, path: epath.Path) -> None:
   """A PNG of predictions `[N]` against ground truth `[N]` (no pyplot: safe without a display)."""
   # Optional and heavy: matplotlib loads only when plots are written.
   from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -73,24 +70,29 @@ def scatter_plot(pred: np.ndarray, target: np.ndarray, title: str,
   axes.set_ylabel("prediction")
   axes.set_title(title, fontsize=8)
   figure.tight_layout()
-  figure.savefig(os.fspath(path))
+  with path.open("wb") as f:
+    figure.savefig(f, format="png")
+
+
+def plot_path(out_dir: str | os.PathLike, dataset: str, name: str) -> epath.Path:
+  """out_dir/eval/plots/<dataset>_<name>.png (the dataset name with characters other than
+  letters, digits, "_", "-", "." as "_")."""
+  return storage.path(out_dir) / EVAL_DIR / PLOTS_DIR / f"{_file_safe(dataset)}_{name}.png"
 
 
 def write_plots(ctx: EvalContext, result: dict[str, Any], out_dir: str | os.PathLike,
                 name: str) -> list[str]:
-  """A scatter plot per dataset with own-prompt predictions: out_dir/eval/plots/<dataset>_<name>.png
-  (the dataset name with characters other than letters, digits, "_", "-", "." as "_")."""
-  folder = os.path.join(os.fspath(out_dir), EVAL_DIR, PLOTS_DIR)
-  os.makedirs(folder, exist_ok=True)
+  """A scatter plot per dataset with own-prompt predictions, at `plot_path`."""
   paths = []
   for dataset, pred in ctx.predictions.items():
     stats = result.get("datasets", {}).get(dataset)
     title = f"{dataset} ({ctx.split}, {name})"
     if stats is not None:
       title += f"\nSRCC {stats['srcc']:.3f}  PLCC {stats['plcc']:.3f}  n {stats['n']}"
-    path = os.path.join(folder, f"{_file_safe(dataset)}_{name}.png")
+    path = plot_path(out_dir, dataset, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
     scatter_plot(pred, ctx.scores(dataset, ctx.split), title, path)
-    paths.append(path)
+    paths.append(os.fspath(path))
   return paths
 
 
@@ -110,10 +112,23 @@ def _number(value: Any, signed: bool = True) -> str:
   return f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
+def scalars(result: dict[str, Any]) -> dict[tuple[str, ...], float]:
+  """The result's numbers keyed (section, dataset, metric) for the table's sections and
+  ("summary", key); undefined ones (NaN, None) left out."""
+  rows = [((section, dataset, metric), value) for section, _ in _TABLE_SECTIONS
+          for dataset, row in result.get(section, {}).items() for metric, value in row.items()]
+  rows += [(("summary", key), value) for key, value in result.get("summary", {}).items()]
+  return {key: float(value) for key, value in rows
+          if isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value)}
+
+
 def format_table(result: dict[str, Any]) -> str:
   """The result as a plain-text table: one block per section, then the summary."""
   step = result.get("step")
-  lines = [f"Evaluation on split {result.get('split')!r}"
+  # final.json names the model its top level describes (evaluators/final.py).
+  lines = [f"Evaluation{' of ' + result['model'] if 'model' in result else ''} on split "
+           f"{result.get('split')!r}"
            + (f" at step {step}" if step is not None else "")
            + "; PLCC is Pearson without logistic fitting"]
   width = max([len(n) for key, _ in _TABLE_SECTIONS for n in result.get(key, {})] + [10])
