@@ -26,13 +26,18 @@ def get_data_config(smoke: bool, image_size: int) -> ml_collections.ConfigDict:
   data.eval_split = "validation"  # model selection; report "test" once at the end
   # One weight per train entry (proportions of an epoch's groups; None: equal). ciede2000, the
   # colour-difference requirement, is read least well from the prompt (SRCC 0.36 at equal weights
-  # against a ridge ceiling of 0.60 on the same features), so it gets twice the groups.
-  data.weights = [2.0 if name.endswith(":ciede2000") else 1.0 for name in data.train]
+  # against a ridge ceiling of 0.60 on the same features), so it gets twice the groups. The random
+  # family gets four times: reading requirements it has never seen is what held-out ones test
+  # (README, "Results on the synthetic benchmark": held-out in-family SRCC 0.57 -> 0.63).
+  data.weights = [4.0 if name.endswith(":random") else 2.0 if name.endswith(":ciede2000")
+                  else 1.0 for name in data.train]
   data.group_size = 5 if smoke else 11  # G: 10 prompts + 1 target, as the reference
   data.groups_per_batch = 2 if smoke else 4  # global; a multiple of the process count
   data.image_size = image_size  # the model's input (the synthetic images are stored at 64)
   data.scale_rate = 0.5
-  data.flip_rate = 0.1
+  # The release flips a group's scores with p = 0.1 (configs/paper.py keeps it); here 0.4, so that
+  # prompts of either direction are read (held-out in-family flipped-prompt SRCC 0.53 -> 0.56).
+  data.flip_rate = 0.4
   # The release's image flip (p = 0.5; its "horizontal" flip reverses H), so that the recipe tried
   # here is the one the paper trains. The benchmark's distortions have no orientation and its
   # measures score a flipped pair as the original, so a flip of either axis keeps every label.

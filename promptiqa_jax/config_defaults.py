@@ -19,6 +19,8 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       async_checkpointing=True,
       eval_every=2000,  # 0: only the final evaluation
+      # The evaluators of those periodic evaluations (config.eval's for the final one).
+      periodic_evaluators="per_dataset",
       best_metric="summary.all_datasets_own_srcc",  # the validation metric that picks best_model/
       final_split="test",
       final_eval=True,

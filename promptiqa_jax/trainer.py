@@ -224,7 +224,12 @@ class TrainingEvaluation:
     """Evaluates on the eval split (WORKDIR/eval/step_<step>.json and plots); exports the model if
     it is the best so far."""
     scorer, variables = self._load(state)
-    result = evaluators.evaluate(scorer, self.config.data, self.config.eval,
+    # Model selection reads the own-prompt summary; the controls (a dozen prompts per held-out
+    # requirement) are left to the final evaluation unless train.periodic_evaluators asks for them.
+    periodic = ml_collections.ConfigDict(
+        (self.config.get("eval") or ml_collections.ConfigDict()).to_dict())
+    periodic.evaluators = self.config.train.periodic_evaluators
+    result = evaluators.evaluate(scorer, self.config.data, periodic,
                                  split=self.config.data.eval_split, step=step,
                                  out_dir=self.workdir, name=f"step_{step}")
     value = metric_at(result, self.config.train.best_metric)

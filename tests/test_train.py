@@ -234,13 +234,17 @@ def test_final_evaluation_reports_the_final_and_the_best_model(smoke, tmp_path, 
   name = smoke.data.eval[0]
   metric = f"datasets.{name}.n"
   smoke.train.update(num_steps=2, eval_every=1, best_metric=metric)
-  smoke.eval.evaluators = "per_dataset"  # the controls' sections are carried the same way
+  # Periodic evaluations run train.periodic_evaluators (per_dataset), the final one config.eval's.
+  smoke.eval.evaluators = "per_dataset,prompt_controls"
   workdir = tmp_path / "run"
   trainer.train_and_evaluate(smoke, str(workdir))
   printed = capsys.readouterr().out
 
   final = json.loads((workdir / "eval" / "final.json").read_text())
-  count = json.loads((workdir / "eval" / "step_1.json").read_text())["datasets"][name]["n"]
+  periodic = json.loads((workdir / "eval" / "step_1.json").read_text())
+  count = periodic["datasets"][name]["n"]
+  assert periodic["evaluators"] == ["per_dataset"]
+  assert final["evaluators"] == ["per_dataset", "prompt_controls"] and final["flipped_prompt"]
   assert os.fspath(checkpoint.resolve_model_dir(workdir)) == str(workdir / "best_model")
   assert final["model"] == "best_model" and final["split"] == "test" and final["step"] == 1
   models = final["models"]

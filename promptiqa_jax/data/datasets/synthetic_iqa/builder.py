@@ -168,9 +168,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   name = "synthetic_iqa"
   REQUIREMENTS = TABLE
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {"1.0.0": "First release.",
-                   "1.1.0": "Three held-out requirements outside the random family's span."}
+                   "1.1.0": "Three held-out requirements outside the random family's span.",
+                   "1.2.0": "Six procedural contents (training split only)."}
   BUILDER_CONFIGS = [DEFAULT_CONFIG]
 
   def __init__(self, *, config: Any = None, file_format: Any = "array_record", **kwargs: Any):
@@ -215,8 +216,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # Everything is local.
     # Loaded up front, so a bad user image fails the build before anything is written.
     config = self.builder_config
-    loaded = pristine.load_contents(config.contents, config.user_image_dir)
-    splits = pristine.assign_splits(loaded, [c.colour for c in loaded], config.seed)
+    loaded = pristine.load_contents(config.contents, config.user_image_dir, config.seed)
+    splits = pristine.assign_splits(loaded, [c.colour for c in loaded], config.seed,
+                                    [c.train_only for c in loaded])
     return {split: self._generate_examples(members) for split, members in splits.items()}
 
   def _generate_examples(

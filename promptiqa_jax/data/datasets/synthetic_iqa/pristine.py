@@ -1,5 +1,6 @@
 """The pristine contents of synthetic_iqa: photographs bundled in installed packages (scikit-image,
-matplotlib) and optionally a folder of the user's own images; their split by content and their crops.
+matplotlib), procedural images (procedural.py; training only) and optionally a folder of the user's
+own images; their split by content and their crops.
 """
 from __future__ import annotations
 
@@ -11,13 +12,26 @@ import cv2
 import numpy as np
 
 from promptiqa_jax.data import preprocess
+from promptiqa_jax.data.datasets.synthetic_iqa import procedural
 
 @dataclasses.dataclass(frozen=True)
 class PristineSource:
-  """A natural image shipped inside an installed package; `content_id` is its index in PRISTINE."""
+  """A natural image shipped inside an installed package, or a procedural image (package
+  "procedural", filename the generator's name); `content_id` is its index in PRISTINE."""
   name: str
-  package: str  # "skimage" or "matplotlib"
+  package: str  # "skimage", "matplotlib" or "procedural"
   filename: str
+
+  @property
+  def train_only(self) -> bool:
+    """Procedural contents widen training; validation and test stay natural photographs."""
+    return self.package == "procedural"
+
+  def image(self, seed: int) -> np.ndarray:
+    """uint8 `[H, W, 3]`: the file read as the reference decodes, or generated from `seed`."""
+    if self.package == "procedural":
+      return procedural.generate(self.filename, seed)
+    return preprocess.load_image(self.path())
 
   def path(self) -> str:
     """The image file inside the installed package."""
@@ -50,7 +64,7 @@ PRISTINE: tuple[PristineSource, ...] = (
     PristineSource("retina", "skimage", "retina.jpg"),
     PristineSource("hubble_deep_field", "skimage", "hubble_deep_field.jpg"),
     PristineSource("grace_hopper", "matplotlib", "grace_hopper.jpg"),
-)
+) + tuple(PristineSource(f"procedural_{kind}", "procedural", kind) for kind in procedural.GENERATORS)
 # User images get content_id USER_CONTENT_ID_BASE + their index in the sorted file names.
 USER_CONTENT_ID_BASE = 1000
 USER_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -73,6 +87,7 @@ class Content:
   content_id: int
   image: np.ndarray  # [H, W, 3] uint8
   colour: bool
+  train_only: bool = False
 
 
 def _is_colour(image: np.ndarray) -> bool:
@@ -80,16 +95,17 @@ def _is_colour(image: np.ndarray) -> bool:
   return float(np.mean(np.abs(image.astype(np.float32) - luma[..., None]))) > _COLOUR_THRESHOLD
 
 
-def load_contents(names: Sequence[str] | None, user_image_dir: str | None) -> list[Content]:
-  """The bundled contents `names` (None: all), then one per image of `user_image_dir` (errors name
-  the file)."""
+def load_contents(names: Sequence[str] | None, user_image_dir: str | None,
+                  seed: int = 0) -> list[Content]:
+  """The bundled contents `names` (None: all; procedural ones generated from `seed`), then one per
+  image of `user_image_dir` (errors name the file)."""
   wanted = set(names) if names is not None else None
   contents = []
   for content_id, source in enumerate(PRISTINE):
     if wanted is not None and source.name not in wanted:
       continue
-    image = preprocess.load_image(source.path())
-    contents.append(Content(source.name, content_id, image, _is_colour(image)))
+    image = source.image(seed)
+    contents.append(Content(source.name, content_id, image, _is_colour(image), source.train_only))
   if user_image_dir is not None:
     used = {c.name for c in contents}
     for i, path in enumerate(user_image_paths(user_image_dir)):
@@ -118,15 +134,21 @@ def user_image_paths(folder: str) -> list[str]:
   return paths
 
 
-def assign_splits(contents: Sequence[Any], colour: Sequence[bool], seed: int) -> dict[str, list[Any]]:
+def assign_splits(contents: Sequence[Any], colour: Sequence[bool], seed: int,
+                  train_only: Sequence[bool] | None = None) -> dict[str, list[Any]]:
   """Splits contents into train / validation / test, each content in exactly one split.
 
-  Colour and grey contents are shuffled apart (seeded) and interleaved by their rank, so that each
-  split gets a fair share of both. Needs at least 3 contents (one per split).
+  `train_only` contents go to train; the others are split so: colour and grey contents are
+  shuffled apart (seeded) and interleaved by their rank, so that each split gets a fair share of
+  both. Needs at least 3 contents that are not train-only (one per split).
   """
+  train_only = [False] * len(contents) if train_only is None else list(train_only)
+  extra = [c for c, only in zip(contents, train_only) if only]
+  colour = [c for c, only in zip(colour, train_only) if not only]
+  contents = [c for c, only in zip(contents, train_only) if not only]
   if len(contents) < 3:
-    raise ValueError(f"synthetic_iqa needs at least 3 pristine contents (one per split), got "
-                     f"{len(contents)}; add contents or a user_image_dir")
+    raise ValueError(f"synthetic_iqa needs at least 3 pristine contents (one per split) besides "
+                     f"procedural ones, got {len(contents)}; add contents or a user_image_dir")
   rng = np.random.default_rng([seed, SPLIT_STREAM])
   keyed = []
   for flag in (True, False):
@@ -138,7 +160,7 @@ def assign_splits(contents: Sequence[Any], colour: Sequence[bool], seed: int) ->
   n_validation = max(1, int(round(VALIDATION_FRACTION * len(contents))))
   return {"test": ordered[:n_test],
           "validation": ordered[n_test:n_test + n_validation],
-          "train": ordered[n_test + n_validation:]}
+          "train": ordered[n_test + n_validation:] + extra}
 
 
 def crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
