@@ -10,6 +10,7 @@ from promptiqa_jax.data.datasets.synthetic_iqa import builder as siqa
 from promptiqa_jax.data.datasets.synthetic_iqa import distortions
 from promptiqa_jax.data.datasets.synthetic_iqa import fr_measures
 from promptiqa_jax.data.datasets.synthetic_iqa import pristine
+from promptiqa_jax.data.datasets.synthetic_iqa import procedural
 from promptiqa_jax.data.datasets.synthetic_iqa import requirements
 from promptiqa_jax.data.datasets.synthetic_iqa import rules
 from promptiqa_jax.data.datasets.synthetic_iqa.distortions import DISTORTIONS
@@ -295,3 +296,19 @@ def test_masked_artifacts_hide_noise_and_reveal_blur_on_texture():
   unused = np.zeros((1, 32, 32, 3), np.uint8)
   assert rule.quality(noise, busy, unused) > rule.quality(noise, flat, unused) + 0.05
   assert rule.quality(blur, busy, unused) < rule.quality(blur, flat, unused) - 0.05
+
+
+def test_procedural_contents_are_seeded_and_train_only():
+  for kind in procedural.GENERATORS:
+    image = procedural.generate(kind, 3)
+    assert image.shape == (procedural.SIDE, procedural.SIDE, 3) and image.dtype == np.uint8
+    assert image.std() > 5, kind  # not flat
+    np.testing.assert_array_equal(image, procedural.generate(kind, 3))
+    assert not np.array_equal(image, procedural.generate(kind, 4))
+  names = ["astronaut", "camera", "chelsea", "procedural_mosaic", "procedural_clouds"]
+  contents = pristine.load_contents(names, None, seed=0)
+  assert [c.train_only for c in contents] == [False, False, False, True, True]
+  splits = pristine.assign_splits(contents, [c.colour for c in contents], 0,
+                                  [c.train_only for c in contents])
+  assert {c.name for c in splits["train"]} >= {"procedural_mosaic", "procedural_clouds"}
+  assert all(len(splits[s]) == 1 and not splits[s][0].train_only for s in ("validation", "test"))
