@@ -312,3 +312,15 @@ def test_procedural_contents_are_seeded_and_train_only():
                                   [c.train_only for c in contents])
   assert {c.name for c in splits["train"]} >= {"procedural_mosaic", "procedural_clouds"}
   assert all(len(splits[s]) == 1 and not splits[s][0].train_only for s in ("validation", "test"))
+
+
+def test_family_span_finds_a_requirement_inside_the_family():
+  rng = np.random.default_rng(0)
+  levels = _random_levels(rng, 200)
+  scores = rng.uniform(size=(200, len(requirements.REQUIREMENTS)))
+  inside = requirements.TABLE.index("grain_preference")
+  scores[:, inside] = requirements.random_requirement_scores(levels, np.random.default_rng([0, 7]))
+  span = analysis.family_span(scores, levels, draws=10)
+  assert span["grain_preference"]["random_family"] == pytest.approx(1.0)
+  assert all(v["random_family"] < 0.5 for name, v in span.items() if name != "grain_preference")
+  assert all(0 <= v["training"] < 0.5 for v in span.values())
