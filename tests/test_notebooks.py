@@ -1,7 +1,9 @@
-"""The notebooks run top to bottom in a python3 kernel (nbclient), on the tiny random model.
+"""The notebooks run top to bottom in a python3 kernel (nbclient), in their smoke settings.
 
-Each notebook runs from the repository root and from notebooks/, the two places users start
-Jupyter. The kernels share a JAX compilation cache, so the second run does not compile again.
+They are stored with the outputs of a real run, so that a reader sees the tables and plots without
+running anything; each test clears those and executes the notebook afresh. The scoring notebook
+runs from the repository root and from notebooks/, the two places users start Jupyter. The kernels
+share a JAX compilation cache, so later runs do not compile again.
 """
 import os
 
@@ -26,12 +28,28 @@ def _code_cells(notebook) -> list:
   return [cell for cell in notebook.cells if cell.cell_type == "code"]
 
 
-def test_score_with_prompts_is_stored_without_outputs():
-  notebook = nbformat.read(SCORE_WITH_PROMPTS, as_version=4)
+NOTEBOOK_FILES = sorted(f for f in os.listdir(NOTEBOOKS) if f.endswith(".ipynb"))
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_FILES)
+def test_notebooks_are_stored_with_the_outputs_of_a_run(name):
+  notebook = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
   nbformat.validate(notebook)
   assert notebook.nbformat == 4
+  cells = _code_cells(notebook)
+  assert [c.execution_count for c in cells] == list(range(1, len(cells) + 1)), name
+  assert any("image/png" in o.get("data", {}) for c in cells for o in c.outputs), name
+  errors = [o for c in cells for o in c.outputs if o.get("output_type") == "error"]
+  assert not errors, name
+
+
+def _cleared(path: str):
+  """The notebook with its stored outputs (from a real run) removed, as a kernel starts it."""
+  notebook = nbformat.read(path, as_version=4)
+  nbformat.validate(notebook)
   for cell in _code_cells(notebook):
-    assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
+    cell.outputs, cell.execution_count = [], None
+  return notebook
 
 
 @pytest.mark.parametrize("cwd", [REPO, NOTEBOOKS], ids=["from_repo_root", "from_notebooks"])
@@ -39,7 +57,7 @@ def test_score_with_prompts_runs(cwd, tiny_model_dir, kernel_compile_cache, monk
   # The kernel inherits the environment: the saved tiny model (not built again) and the cache.
   monkeypatch.setenv("PROMPTIQA_MODEL_DIR", tiny_model_dir)
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", kernel_compile_cache)
-  notebook = nbformat.read(SCORE_WITH_PROMPTS, as_version=4)
+  notebook = _cleared(SCORE_WITH_PROMPTS)
   NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                  resources={"metadata": {"path": cwd}}).execute()
   outputs = [output for cell in _code_cells(notebook) for output in cell.outputs]
@@ -58,9 +76,7 @@ def test_train_synthetic_runs_in_smoke_mode(kernel_compile_cache, monkeypatch, t
   """The training notebook in its default (smoke) setting: curves, table and scatter plots."""
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", kernel_compile_cache)
   monkeypatch.setenv("PROMPTIQA_DATA_DIR", str(tmp_path / "data"))
-  notebook = nbformat.read(TRAIN_SYNTHETIC, as_version=4)
-  for cell in _code_cells(notebook):
-    assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
+  notebook = _cleared(TRAIN_SYNTHETIC)
   NotebookClient(notebook, timeout=300, kernel_name="python3",
                  resources={"metadata": {"path": REPO}}).execute()
   outputs = [output for cell in _code_cells(notebook) for output in cell.outputs]
@@ -71,3 +87,22 @@ def test_train_synthetic_runs_in_smoke_mode(kernel_compile_cache, monkeypatch, t
   # One figure of curves, then one scatter plot per evaluated requirement.
   requirements = datasets.requirement_table("synthetic_iqa").requirements
   assert len(figures) == 1 + len(requirements)
+
+
+ANALYSES = os.path.join(NOTEBOOKS, "analyses.ipynb")
+
+
+def test_analyses_run_in_smoke_mode(kernel_compile_cache, monkeypatch, tmp_path):
+  """The analyses notebook in its default (smoke) setting: three tables, three plots."""
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", kernel_compile_cache)
+  monkeypatch.setenv("PROMPTIQA_DATA_DIR", str(tmp_path / "data"))
+  monkeypatch.delenv("PROMPTIQA_NOTEBOOK_FULL", raising=False)
+  notebook = _cleared(ANALYSES)
+  NotebookClient(notebook, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": REPO}}).execute()
+  outputs = [output for cell in _code_cells(notebook) for output in cell.outputs]
+  text = "".join(output.get("text", "") for output in outputs)
+  assert "mode: smoke" in text
+  assert "vs prompt size P" in text and "by prompt sampling" in text and "no_random_family" in text
+  figures = [output for output in outputs if "image/png" in output.get("data", {})]
+  assert len(figures) == 3
