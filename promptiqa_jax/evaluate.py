@@ -4,7 +4,7 @@
   python -m promptiqa_jax.evaluate --config configs/synthetic.py --workdir DIR --split test \\
       --checkpoint MODEL_DIR --config.data.prompt_size=5
 
-Writes DIR/eval/<name>.json and the scatter plots, and prints the table. Multi-process runs take
+Writes DIR/eval/<name>.json (default evaluate.json) and the scatter plots, and prints the table. Multi-process runs take
 the training program's flags (--coordinator_address, --num_processes, --process_id,
 --distributed; see promptiqa_jax.distributed): each process featurises its share of every split.
 """
@@ -22,7 +22,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (a folder or g
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
                                   "Model directory (default: the workdir's model).")
 _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default config.data.eval_split).")
-_NAME = flags.DEFINE_string("name", "final", "Result name: WORKDIR/eval/NAME.json.")
+# Not "final": training's eval/final.json holds both exported models and would be overwritten.
+_NAME = flags.DEFINE_string("name", "evaluate", "Result name: WORKDIR/eval/NAME.json.")
 _STEP = flags.DEFINE_integer("step", None, "Training step to record in the result, if known.")
 _PLOTS = flags.DEFINE_bool("plots", None,
                            "Write a scatter plot per dataset (default config.eval.plots).")

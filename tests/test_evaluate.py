@@ -237,7 +237,7 @@ def test_the_program_function(fake_data_dir, small_model, tmp_path, monkeypatch,
   result = evaluators.evaluate_checkpoint(config, tmp_path, split="test", plots=False)
   assert loaded == [tmp_path]  # the workdir, with no checkpoint given
   assert "fake_multi:combo" in capsys.readouterr().out
-  with open(tmp_path / "eval" / "final.json") as f:
+  with open(tmp_path / "eval" / "evaluate.json") as f:
     assert json.load(f)["summary"] == report.jsonable(result["summary"])
   assert not (tmp_path / "eval" / "plots").exists()
 
@@ -267,7 +267,7 @@ def test_the_program(fake_data_dir, small_model, tmp_path):
       capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert run.returncode == 0, run.stderr[-3000:]
   assert "fake_multi:combo" in run.stdout and "summary" in run.stdout
-  with open(workdir / "eval" / "final.json") as f:
+  with open(workdir / "eval" / "evaluate.json") as f:
     result = json.load(f)
   assert result["prompt"]["size"] == 4 and result["step"] is None
   assert "supervised_ceiling" in result and not (workdir / "eval" / "plots").exists()

@@ -285,7 +285,7 @@ def test_evaluation_program_in_two_processes(reference, smoke_data_dir, run_env,
     assert "process 1 of 2" in f.read()
   with open(os.path.join(reference, "eval", "final_model.json")) as f:
     final = json.load(f)
-  with open(tmp_path / "eval" / "final.json") as f:
+  with open(tmp_path / "eval" / "evaluate.json") as f:
     evaluated = json.load(f)
   assert final.pop("step") == STEPS and evaluated.pop("step") is None
   final, evaluated = flat_json(final), flat_json(evaluated)

@@ -99,6 +99,7 @@ def test_one_update_matches_the_release_two_ranks():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_one_update_matches_the_release_at_full_size():
   """The reference architecture (318 M parameters), 2 groups of G = 3 on two ranks, weights at
   PyTorch's init spread, in a process of its own (tests/release_step.py): it needs an XLA flag set

@@ -130,7 +130,7 @@ def evaluate(model: FeatureModel, data_config: Any, eval_config: Any | None = No
 
 def evaluate_checkpoint(config: Any, workdir: str | os.PathLike,
                         checkpoint: str | os.PathLike | None = None, split: str | None = None,
-                        name: str = "final", step: int | None = None,
+                        name: str = "evaluate", step: int | None = None,
                         plots: bool | None = None) -> dict[str, Any]:
   """Loads the model from `checkpoint` (default: the workdir's best, else final, model), evaluates
   it with `config` (config.data, config.eval), writes WORKDIR/eval/<name>.json and prints the
