@@ -45,6 +45,8 @@ def _prepare(args: argparse.Namespace) -> int:
   if args.name == "synthetic_iqa":
     if args.image_size is not None:
       options["image_size"] = args.image_size
+    if args.contents is not None:
+      options["contents"] = [c for c in args.contents.split(",") if c and c != "none"]
   else:
     options["config"] = str(args.image_size) if args.image_size else args.config
     options["skip_bad_images"] = args.skip_bad_images
@@ -169,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
   prepare.add_argument("--data-dir", help="where TFDS datasets live, a folder or gs://BUCKET/PATH "
                        "(built locally, then uploaded; default: $TFDS_DATA_DIR or "
                        "~/tensorflow_datasets, as TFDS)")
-  prepare.add_argument("--manual-dir", help="the dataset as downloaded (real datasets)")
+  prepare.add_argument("--manual-dir", help="the dataset as downloaded (real datasets); for "
+                       "synthetic_iqa, a folder of your own photos added as contents")
+  prepare.add_argument("--contents", help="synthetic_iqa: the bundled contents to use, "
+                       "comma-separated ('none': only --manual-dir's photos; default all)")
   prepare.add_argument("--image-size", type=int,
                        help="stored square image size (overrides --config for real datasets)")
   prepare.add_argument("--config", default="224", choices=["224", "full"],

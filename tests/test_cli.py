@@ -39,6 +39,28 @@ def test_prepare_without_data_dir_names_the_missing_download(tfds_home, capsys):
   assert err.startswith("error: ") and manual in err and "Traceback" not in err
 
 
+def test_prepare_synthetic_from_a_folder_of_own_photos(tmp_path, capsys):
+  """`--manual-dir` adds the folder's photos as contents; `--contents none` leaves out the bundled
+  ones (how the README measures the default on contents unlike the benchmark's)."""
+  from promptiqa_jax.data.datasets.synthetic_iqa import builder
+
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  for index in range(4):
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), np.uint8)).save(folder / f"p{index}.png")
+  args = ["prepare", "synthetic_iqa", "--data-dir", str(tmp_path / "data"), "--image-size", "16",
+          "--manual-dir", str(folder)]
+  assert cli.main(args + ["--contents", "lena"]) == cli.EXIT_USAGE
+  assert "Unknown contents ['lena']" in capsys.readouterr().err
+  assert cli.main(args + ["--contents", "none"]) == 0
+  config = builder.make_config(image_size=16, user_image_dir=str(folder), contents=())
+  built = builder.Builder(data_dir=str(tmp_path / "data"), config=config)
+  names = {str(n) for split in ("train", "validation", "test")
+           for n in builder.split_arrays(built, split)["name"]}
+  assert {n.split("_crop")[0] for n in names} == {f"user_p{i}" for i in range(4)}, sorted(names)[:4]
+
+
 def test_convert_with_a_file_of_another_model_lists_the_keys(tmp_path, capsys):
   torch = pytest.importorskip("torch")
   from promptiqa_jax.interop import torch_model
