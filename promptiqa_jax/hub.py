@@ -27,7 +27,7 @@ import re
 import tempfile
 import urllib.parse
 
-from promptiqa_jax import checkpoint
+from promptiqa_jax import checkpoint, storage
 from promptiqa_jax.models.config import ModelConfig
 
 DEFAULT_REPO = "Zevin2023/PromptIQA"
@@ -81,12 +81,9 @@ def is_hub_reference(text: str) -> bool:
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> str:
-  if cache_dir is not None:
-    return os.path.abspath(os.path.expanduser(cache_dir))
-  if os.environ.get("PROMPTIQA_JAX_CACHE"):
-    return os.path.abspath(os.path.expanduser(os.environ["PROMPTIQA_JAX_CACHE"]))
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "promptiqa_jax")
+  """`cache_dir`, else the package's cache folder (storage.default_cache_dir), absolute."""
+  return os.path.abspath(os.path.expanduser(cache_dir if cache_dir is not None
+                                            else storage.default_cache_dir()))
 
 
 def pretrained_model_dir(file: HubFile, config: ModelConfig | None = None, *,

