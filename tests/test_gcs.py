@@ -25,7 +25,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ import pytest
 from PIL import Image
 
 import smoke_config
+from processes import finish, free_port, start
 from promptiqa_jax import storage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,12 +44,6 @@ RUN = f"gs://{BUCKET}/run"
 STEPS = 8
 CHECKPOINT_EVERY = 3
 TIMEOUT_S = 300
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -231,18 +225,6 @@ def finalized_steps(fs) -> list[int]:
                 and fs.exists(f"{folder}/{n}/commit_success.txt"))
 
 
-def start(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen:
-  with open(log, "w") as out:
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def finish(process: subprocess.Popen, log: str) -> None:
-  status = process.wait(timeout=TIMEOUT_S)
-  if status != 0:
-    with open(log) as f:
-      pytest.fail(f"{process.args[:4]} exited with {status}:\n{f.read()[-4000:]}")
-
-
 @pytest.fixture(scope="module")
 def bucket_run(emulator, bucket_data, tmp_path_factory) -> dict:
   """`python -m promptiqa_jax.train --workdir gs://bucket/run`, killed with SIGKILL once its first
@@ -277,7 +259,7 @@ def bucket_run(emulator, bucket_data, tmp_path_factory) -> dict:
     fs.rm(f"{BUCKET}/run/checkpoints/{partial}/commit_success.txt")
   killed_metrics = metrics(RUN)
   resumed_log = str(folder / "resumed.log")
-  finish(start(args, emulator, resumed_log), resumed_log)
+  finish(start(args, emulator, resumed_log), resumed_log, TIMEOUT_S)
   logs = {name: open(str(folder / f"{name}.log")).read() for name in ("killed", "resumed")}
   return {"killed_at": killed_at, "partial": partial, "logs": logs,
           "killed_metrics": killed_metrics}

@@ -18,13 +18,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+
+from processes import finish, free_port, start
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
@@ -52,19 +53,6 @@ def train_args(data_dir: str, workdir: str, final_eval: bool = False,
 
 def train_command(data_dir: str, workdir: str, final_eval: bool = False) -> list[str]:
   return [sys.executable, "-m", "promptiqa_jax.train", *train_args(data_dir, workdir, final_eval)]
-
-
-def start(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen:
-  with open(log, "w") as out:
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def finish(process: subprocess.Popen, log: str) -> None:
-  """Waits for `process`; fails with the end of its log unless it exited with 0."""
-  status = process.wait(timeout=TIMEOUT_S)
-  if status != 0:
-    with open(log) as f:
-      pytest.fail(f"{process.args[:4]} exited with {status}:\n{f.read()[-4000:]}")
 
 
 def metrics(workdir: str) -> list[dict]:
@@ -205,12 +193,6 @@ def test_sigterm_saves_a_checkpoint_to_resume_from(reference, smoke_data_dir, ru
   ref, got = final_variables(reference), final_variables(workdir)
   for key in ref:
     np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -122,6 +122,17 @@ def prepare(root: str, num_images: int, width: int, height: int,
   return image_dir, data_dir
 
 
+def _images_per_second(iterator, warmup: int, batches: int, images_per_batch: int) -> float:
+  """Images/s over `batches` batches of `iterator`, after `warmup` batches (one per worker: each
+  worker's first batch carries its start-up)."""
+  for _ in range(warmup):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(iterator)
+  return batches * images_per_batch / (time.perf_counter() - start)
+
+
 def stream_throughput(data_dir: str, num_workers: int, *, image_size: int, group_size: int,
                       groups_per_batch: int, batches: int, resized: bool = False) -> float:
   """Images/s of train_stream after a warm-up of max(1, num_workers) batches (worker start-up).
@@ -138,15 +149,10 @@ def stream_throughput(data_dir: str, num_workers: int, *, image_size: int, group
       read_threads=1))
   iterator = iter(pipeline.train_stream(config))
   try:
-    for _ in range(max(1, num_workers)):
-      next(iterator)
-    start = time.perf_counter()
-    for _ in range(batches):
-      next(iterator)
-    elapsed = time.perf_counter() - start
+    return _images_per_second(iterator, max(1, num_workers), batches,
+                              groups_per_batch * group_size)
   finally:
     iterator.close()
-  return batches * groups_per_batch * group_size / elapsed
 
 
 class _ReferenceGroups:
@@ -192,15 +198,8 @@ def reference_throughput(image_dir: str, num_workers: int, *, image_size: int, g
   if len(loader) < needed:
     raise ValueError(f"{len(paths)} images give {len(loader)} batches, fewer than the {needed} "
                      "needed: raise --num-images")
-  iterator = iter(loader)
-  for _ in range(max(1, num_workers)):
-    next(iterator)
-  start = time.perf_counter()
-  for _ in range(batches):
-    next(iterator)
-  elapsed = time.perf_counter() - start
-  del iterator
-  return batches * groups_per_batch * group_size / elapsed
+  return _images_per_second(iter(loader), max(1, num_workers), batches,
+                            groups_per_batch * group_size)
 
 
 class Loader(NamedTuple):
