@@ -64,6 +64,17 @@ def number(value: Any) -> str:
   return "nan" if value is None or not math.isfinite(value) else f"{value:+.3f}"
 
 
+def text_table(title: str, columns: Sequence[str], rows: dict[str, Sequence[Any]],
+               cell_width: int) -> str:
+  """A plain-text table: `title`, a header of `columns`, one line per row name (numbers signed to
+  three decimals, None as 'nan')."""
+  width = max(len(n) for n in rows)
+  lines = [title, f"{'requirement':<{width}}  " + " ".join(f"{c:>{cell_width}}" for c in columns)]
+  lines += [f"{name:<{width}}  " + " ".join(f"{number(v):>{cell_width}}" for v in values)
+            for name, values in rows.items()]
+  return "\n".join(lines)
+
+
 def write(out_dir: str | os.PathLike, name: str, result: dict[str, Any], table: str,
           figure: Any) -> dict[str, str]:
   """Writes out_dir/analyses/<name>.json (NaN as null), .txt (the table) and .png (the figure);

@@ -26,14 +26,9 @@ def run(ctx: EvalContext, sizes: Sequence[int] = DEFAULT_SIZES) -> dict[str, Any
 
 
 def table(result: dict[str, Any]) -> str:
-  sizes = result["sizes"]
   rows = {**result["srcc"], **{f"mean: {g}": v for g, v in result["groups"].items()}}
-  width = max(len(n) for n in rows)
-  lines = [f"SRCC on split {result['split']!r} vs prompt size P (interval sampling)",
-           f"{'requirement':<{width}}  " + " ".join(f"{'P=' + str(p):>7}" for p in sizes)]
-  lines += [f"{name:<{width}}  " + " ".join(f"{common.number(v):>7}" for v in values)
-            for name, values in rows.items()]
-  return "\n".join(lines)
+  return common.text_table(f"SRCC on split {result['split']!r} vs prompt size P (interval sampling)",
+                           [f"P={p}" for p in result["sizes"]], rows, cell_width=7)
 
 
 def figure(result: dict[str, Any]) -> Any:

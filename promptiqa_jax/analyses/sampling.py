@@ -42,13 +42,10 @@ def run(ctx: EvalContext, size: int, random_prompts: int = 10) -> dict[str, Any]
 
 def table(result: dict[str, Any]) -> str:
   rows = {**result["srcc"], **{f"mean: {g}": v for g, v in result["groups"].items()}}
-  width = max(len(n) for n in rows)
-  lines = [f"SRCC on split {result['split']!r} by prompt sampling, P = {result['size']} "
-           f"(random: {result['random_prompts']} seeds)",
-           f"{'requirement':<{width}}  " + " ".join(f"{c:>11}" for c in COLUMNS)]
-  lines += [f"{name:<{width}}  " + " ".join(f"{common.number(row[c]):>11}" for c in COLUMNS)
-            for name, row in rows.items()]
-  return "\n".join(lines)
+  return common.text_table(
+      f"SRCC on split {result['split']!r} by prompt sampling, P = {result['size']} "
+      f"(random: {result['random_prompts']} seeds)", COLUMNS,
+      {name: [row[c] for c in COLUMNS] for name, row in rows.items()}, cell_width=11)
 
 
 def figure(result: dict[str, Any]) -> Any:
