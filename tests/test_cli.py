@@ -1,13 +1,11 @@
 """Every `promptiqa-jax` subcommand run as a new user first types it: with only its required
 arguments. Each one either does its job or ends with a one-line error that says what is missing,
 never a traceback."""
-import json
 import os
 
-import numpy as np
 import pytest
-from PIL import Image
 
+import image_files
 from promptiqa_jax import cli
 
 
@@ -46,9 +44,7 @@ def test_prepare_synthetic_from_a_folder_of_own_photos(tmp_path, capsys):
 
   folder = tmp_path / "photos"
   folder.mkdir()
-  rng = np.random.default_rng(0)
-  for index in range(4):
-    Image.fromarray(rng.integers(0, 256, (40, 48, 3), np.uint8)).save(folder / f"p{index}.png")
+  image_files.random_pngs(folder, 4, (40, 48, 3), prefix="p")
   args = ["prepare", "synthetic_iqa", "--data-dir", str(tmp_path / "data"), "--image-size", "16",
           "--manual-dir", str(folder)]
   assert cli.main(args + ["--contents", "lena"]) == cli.EXIT_USAGE
@@ -77,30 +73,19 @@ def test_convert_with_a_file_of_another_model_lists_the_keys(tmp_path, capsys):
 
 
 def test_score_with_only_its_required_arguments(tiny_model_dir, tmp_path, capsys):
-  rng = np.random.default_rng(0)
-  paths = []
-  for index in range(3):
-    paths.append(str(tmp_path / f"{index}.png"))
-    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(paths[-1])
-  prompt = tmp_path / "prompt.json"
-  prompt.write_text(json.dumps([[paths[0], 0.2], [paths[1], 0.8]]))
-  assert cli.main(["score", "--checkpoint", tiny_model_dir, "--prompt", str(prompt),
-                   paths[2]]) == 0
+  paths = image_files.random_pngs(tmp_path, 3)
+  prompt = image_files.pair_prompt(tmp_path / "prompt.json", paths[:2], [0.2, 0.8])
+  assert cli.main(["score", "--checkpoint", tiny_model_dir, "--prompt", prompt, paths[2]]) == 0
   rows = capsys.readouterr().out.strip().splitlines()
   assert rows[0] == "path,score,error" and rows[1].startswith(paths[2] + ",")
   assert 0.0 <= float(rows[1].split(",")[1]) <= 1.0
 
 
 def test_export_with_only_its_required_arguments(tiny_model_dir, tmp_path, capsys):
-  rng = np.random.default_rng(0)
-  paths = []
-  for index in range(2):
-    paths.append(str(tmp_path / f"{index}.png"))
-    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(paths[-1])
-  prompt = tmp_path / "prompt.json"
-  prompt.write_text(json.dumps([[paths[0], 0.2], [paths[1], 0.8]]))
+  paths = image_files.random_pngs(tmp_path, 2)
+  prompt = image_files.pair_prompt(tmp_path / "prompt.json", paths, [0.2, 0.8])
   out = tmp_path / "scorer"
-  assert cli.main(["export", "--checkpoint", tiny_model_dir, "--prompt", str(prompt),
+  assert cli.main(["export", "--checkpoint", tiny_model_dir, "--prompt", prompt,
                    "--out", str(out)]) == 0
   assert capsys.readouterr().out == f"wrote {out / 'scorer.jaxexport'}\n"
   assert sorted(os.listdir(out)) == ["scorer.jaxexport", "scorer.json", "weights.npz"]

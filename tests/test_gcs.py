@@ -31,8 +31,8 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
+import image_files
 import smoke_config
 from processes import finish, free_port, start
 from promptiqa_jax import storage
@@ -309,14 +309,9 @@ def test_evaluate_and_score_from_the_bucket(reference, bucket_run, tmp_path, cap
   plots = bucket_fs().glob(f"{BUCKET}/run/eval/plots/*_final.png")
   assert len(plots) == len(result["datasets"])
 
-  rng = np.random.default_rng(0)
-  paths = []
-  for index in range(4):
-    paths.append(str(tmp_path / f"image{index}.png"))
-    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(paths[-1])
-  prompt = tmp_path / "prompt.json"
-  prompt.write_text(json.dumps([[paths[0], 0.2], [paths[1], 0.8]]))
-  code = cli.main(["score", "--checkpoint", RUN, "--prompt", str(prompt), *paths[2:],
+  paths = image_files.random_pngs(tmp_path, 4, (40, 40, 3), prefix="image")
+  prompt = image_files.pair_prompt(tmp_path / "prompt.json", paths[:2], [0.2, 0.8])
+  code = cli.main(["score", "--checkpoint", RUN, "--prompt", prompt, *paths[2:],
                    "--output", str(tmp_path / "scores.json"), "--quiet"])
   assert code == 0, capsys.readouterr().err
   rows = json.loads((tmp_path / "scores.json").read_text())
