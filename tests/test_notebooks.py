@@ -52,20 +52,26 @@ def _cleared(path: str):
   return notebook
 
 
+def _execute(path: str, cwd: str, timeout_s: int) -> tuple[str, list]:
+  """Runs the cleared notebook in a python3 kernel started in `cwd`; returns its printed text and
+  its PNG figures."""
+  notebook = _cleared(path)
+  NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
+                 resources={"metadata": {"path": cwd}}).execute()
+  outputs = [output for cell in _code_cells(notebook) for output in cell.outputs]
+  text = "".join(output.get("text", "") for output in outputs)
+  return text, [output for output in outputs if "image/png" in output.get("data", {})]
+
+
 @pytest.mark.parametrize("cwd", [REPO, NOTEBOOKS], ids=["from_repo_root", "from_notebooks"])
 def test_score_with_prompts_runs(cwd, tiny_model_dir, kernel_compile_cache, monkeypatch):
   # The kernel inherits the environment: the saved tiny model (not built again) and the cache.
   monkeypatch.setenv("PROMPTIQA_MODEL_DIR", tiny_model_dir)
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", kernel_compile_cache)
-  notebook = _cleared(SCORE_WITH_PROMPTS)
-  NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                 resources={"metadata": {"path": cwd}}).execute()
-  outputs = [output for cell in _code_cells(notebook) for output in cell.outputs]
-  text = "".join(output.get("text", "") for output in outputs)
+  text, figures = _execute(SCORE_WITH_PROMPTS, cwd, CELL_TIMEOUT_S)
   assert f"model loaded from {tiny_model_dir}" in text
   assert "prompt 'sharp = good': queries best to worst" in text
   assert "prompt 'blurred = good': queries best to worst" in text
-  figures = [output for output in outputs if "image/png" in output.get("data", {})]
   assert len(figures) == 2  # the prompt, and the queries with their scores
 
 
@@ -76,14 +82,9 @@ def test_train_synthetic_runs_in_smoke_mode(kernel_compile_cache, monkeypatch, t
   """The training notebook in its default (smoke) setting: curves, table and scatter plots."""
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", kernel_compile_cache)
   monkeypatch.setenv("PROMPTIQA_DATA_DIR", str(tmp_path / "data"))
-  notebook = _cleared(TRAIN_SYNTHETIC)
-  NotebookClient(notebook, timeout=300, kernel_name="python3",
-                 resources={"metadata": {"path": REPO}}).execute()
-  outputs = [output for cell in _code_cells(notebook) for output in cell.outputs]
-  text = "".join(output.get("text", "") for output in outputs)
+  text, figures = _execute(TRAIN_SYNTHETIC, REPO, 300)
   assert "trained steps: 3" in text
   assert "supervised_ceiling" in text and "synthetic_iqa" in text
-  figures = [output for output in outputs if "image/png" in output.get("data", {})]
   # One figure of curves, then one scatter plot per evaluated requirement.
   requirements = datasets.requirement_table("synthetic_iqa").requirements
   assert len(figures) == 1 + len(requirements)
@@ -97,12 +98,7 @@ def test_analyses_run_in_smoke_mode(kernel_compile_cache, monkeypatch, tmp_path)
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", kernel_compile_cache)
   monkeypatch.setenv("PROMPTIQA_DATA_DIR", str(tmp_path / "data"))
   monkeypatch.delenv("PROMPTIQA_NOTEBOOK_FULL", raising=False)
-  notebook = _cleared(ANALYSES)
-  NotebookClient(notebook, timeout=600, kernel_name="python3",
-                 resources={"metadata": {"path": REPO}}).execute()
-  outputs = [output for cell in _code_cells(notebook) for output in cell.outputs]
-  text = "".join(output.get("text", "") for output in outputs)
+  text, figures = _execute(ANALYSES, REPO, 600)
   assert "mode: smoke" in text
   assert "vs prompt size P" in text and "by prompt sampling" in text and "no_random_family" in text
-  figures = [output for output in outputs if "image/png" in output.get("data", {})]
   assert len(figures) == 3
