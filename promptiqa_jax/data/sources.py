@@ -42,12 +42,12 @@ def _check_data_dir(data_dir: str) -> str:
   if not data_dir:
     raise ValueError("config.data.data_dir is empty: set it to the folder the TFDS datasets were "
                      "built into (tfds build --data_dir=...)")
-  data_dir = os.fspath(storage.path(str(data_dir)))
-  if not storage.path(data_dir).is_dir():
-    raise FileNotFoundError(f"data_dir {data_dir!r} does not exist: set config.data.data_dir to "
-                            "the folder the TFDS datasets were built into (tfds build "
-                            "--data_dir=...)")
-  return data_dir
+  folder = storage.path(str(data_dir))
+  if not folder.is_dir():
+    raise FileNotFoundError(f"data_dir {os.fspath(folder)!r} does not exist: set "
+                            "config.data.data_dir to the folder the TFDS datasets were built into "
+                            "(tfds build --data_dir=...)")
+  return os.fspath(folder)
 
 
 def prepared_dir(builder_name: str, data_dir: str, builder_config: str | None = None) -> str:
