@@ -2,8 +2,24 @@
 
 Imports of JAX and the model live inside the fixtures, so test modules that never use them do not
 pay for them.
+
+The suite runs on two pytest-xdist workers, a file at a time (setup.cfg), in the order
+`pytest_collection_modifyitems` gives.
 """
 import pytest
+
+# With one file per xdist unit, the longest files start first, so that neither worker is left with
+# one of them at the end; the full-size parity file alone is about a third of the suite.
+LONGEST_FILES_FIRST = ("test_parity.py", "test_launch.py", "test_train.py", "test_notebooks.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+  def rank(item: pytest.Item) -> int:
+    name = item.path.name
+    first = LONGEST_FILES_FIRST
+    return first.index(name) if name in first else len(first)
+
+  items.sort(key=rank)  # stable: the order within a file, and of the other files, is kept
 
 
 @pytest.fixture(scope="session")
