@@ -6,20 +6,21 @@ pay for them.
 The suite runs on two pytest-xdist workers, a file at a time (setup.cfg), in the order
 `pytest_collection_modifyitems` gives.
 """
+import pathlib
+
 import pytest
 
 # With one file per xdist unit, the longest files start first, so that neither worker is left with
 # one of them at the end; the full-size parity file alone is about a third of the suite.
 LONGEST_FILES_FIRST = ("test_parity.py", "test_launch.py", "test_train.py", "test_notebooks.py")
+_missing = [n for n in LONGEST_FILES_FIRST if not (pathlib.Path(__file__).parent / n).exists()]
+assert not _missing, f"LONGEST_FILES_FIRST names files that are gone: {_missing}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-  def rank(item: pytest.Item) -> int:
-    name = item.path.name
-    first = LONGEST_FILES_FIRST
-    return first.index(name) if name in first else len(first)
-
-  items.sort(key=rank)  # stable: the order within a file, and of the other files, is kept
+  rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+  # Stable: the order within a file, and of the other files, is kept.
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(scope="session")
