@@ -126,13 +126,20 @@ def test_prompt_encoder_fusion_and_query_blocks(tiny):
                "blocks + norm + score_block")
 
 
+def reference_prompt_vectors(reference, images, scores) -> torch.Tensor:
+  """PyTorch prompt vectors of group 0, in the reference's dtype."""
+  dtype = next(reference.parameters()).dtype
+  with torch.no_grad():
+    features = reference.image_features(nchw(images[0]).to(dtype))
+    return reference.prompt_vectors(features, torch.from_numpy(scores[0]).to(dtype))
+
+
 def reference_outputs(reference, images, scores, group_forward=True):
   """PyTorch prompt vectors (of group 0), scores of group 1 with that prompt, training-form forward."""
   dtype = next(reference.parameters()).dtype
   as_torch = lambda array: torch.from_numpy(array).to(dtype)
+  vectors = reference_prompt_vectors(reference, images, scores)
   with torch.no_grad():
-    features = reference.image_features(nchw(images[0]).to(dtype))
-    vectors = reference.prompt_vectors(features, as_torch(scores[0]))
     query_features = reference.image_features(nchw(images[1]).to(dtype))
     quality = reference.score_with_fused(query_features, reference.fuse_prompt(vectors))
     outputs = {"prompt vectors": vectors.numpy(), "scores": quality.numpy()}
@@ -300,8 +307,7 @@ def test_paper_size_hard_attention(tmp_path):
   for where in ("scores", "training-form forward"):
     assert_close(actual[where], expected[where], where)
   where = "prompt vectors"
-  exact = reference_outputs(copy.deepcopy(reference).double(), images, scores,
-                            group_forward=False)[where]
+  exact = reference_prompt_vectors(copy.deepcopy(reference).double(), images, scores).numpy()
   torch_error = np.abs(expected[where] - exact).max()
   print(f"{where}: PyTorch float32 vs float64 {torch_error:.3g}")
   assert_close(actual[where], exact, f"{where} vs float64", 1.5 * torch_error)
