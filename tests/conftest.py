@@ -11,7 +11,7 @@ import pathlib
 import pytest
 
 # With one file per xdist unit, the longest files start first, so that neither worker is left with
-# one of them at the end; the full-size parity file alone is about a third of the suite.
+# one of them at the end; the full-size parity file alone is about 40% of the suite's CPU time.
 LONGEST_FILES_FIRST = ("test_parity.py", "test_launch.py", "test_train.py", "test_notebooks.py")
 _missing = [n for n in LONGEST_FILES_FIRST if not (pathlib.Path(__file__).parent / n).exists()]
 assert not _missing, f"LONGEST_FILES_FIRST names files that are gone: {_missing}"
